@@ -1,0 +1,130 @@
+"""One loading path for every Hugging Face model: `from_pretrained` on a hub id or directory, or
+build from a config with seeded weights (the tiny profile). Plus the tiny tokenizers the tests and
+the tiny profile need, trained locally in well under a second, since no hub is reachable here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from mumu.config import ModelSource
+from mumu.config.runtime import RuntimeConfig
+
+WORDS_FILE = Path(__file__).resolve().parent.parent / "mumu" / "resources" / "words.txt"
+
+
+def resolve_device(runtime: RuntimeConfig | str = "auto") -> torch.device:
+    name = runtime if isinstance(runtime, str) else runtime.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0", "false", "False"}
+
+
+def pretrained_kwargs(source: ModelSource) -> dict[str, Any]:
+    """Keyword arguments shared by every `from_pretrained` call for this source."""
+    kwargs: dict[str, Any] = {"revision": source.revision, "local_files_only": offline()}
+    if source.subfolder:
+        kwargs["subfolder"] = source.subfolder
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def build_seeded(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """Build a model with weights initialised under `seed`, without disturbing the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def default_words() -> list[str]:
+    return WORDS_FILE.read_text().split()
+
+
+def build_word_tokenizer(words: list[str] | None = None, *, specials: list[str] | None = None):
+    """A whitespace word-level tokenizer over `words` (lower-cased), as a transformers fast tokenizer.
+
+    Word-level keeps decoded text readable (real words), which keeps the tiny captioner's output
+    usable by the entity stage.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted(set(words or default_words()))
+    specials = specials or ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {tok: i for i, tok in enumerate(specials + [w for w in words if w not in specials])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with single spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+# --- Idefics2 (captioner and generator encoder share it) -------------------------------------------
+
+TINY_IDEFICS2: dict[str, Any] = {
+    "image_size": 64,  # images are resized to this longest edge
+    "image_seq_len": 4,  # tokens per image after the perceiver resampler
+    "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+               "patch_size": 16},
+    "perceiver": {"hidden_size": 32, "resampler_depth": 1, "resampler_n_heads": 2, "resampler_head_dim": 8,
+                  "num_key_value_heads": 1},
+    "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "max_position_embeddings": 512},
+}
+
+
+def _merged(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(defaults)
+    for key, value in overrides.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def build_tiny_idefics2_processor(cfg: dict[str, Any] | None = None):
+    from transformers import Idefics2ImageProcessorPil, Idefics2Processor
+
+    cfg = _merged(TINY_IDEFICS2, cfg or {})
+    size = cfg["image_size"]
+    image_processor = Idefics2ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": size, "shortest_edge": min(size, 32)}
+    )
+    # The processor adds its image tokens to the tokenizer: the model's vocab is sized after this.
+    return Idefics2Processor(
+        image_processor=image_processor, tokenizer=build_word_tokenizer(), image_seq_len=cfg["image_seq_len"]
+    )
+
+
+def build_idefics2(source: ModelSource, model_cls=None):
+    """(model, processor) for an Idefics2 source. `model_cls` defaults to Idefics2ForConditionalGeneration."""
+    from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2Processor
+
+    model_cls = model_cls or Idefics2ForConditionalGeneration
+    if source.is_pretrained:
+        kwargs = pretrained_kwargs(source)
+        processor = Idefics2Processor.from_pretrained(source.pretrained, **kwargs)
+        model = model_cls.from_pretrained(source.pretrained, dtype=torch_dtype(source.dtype), **kwargs)
+        return model, processor
+    cfg = _merged(TINY_IDEFICS2, source.config or {})
+    processor = build_tiny_idefics2_processor(cfg)
+    tokenizer = processor.tokenizer
+    config = Idefics2Config(
+        vision_config={**cfg["vision"], "image_size": cfg["image_size"]},
+        perceiver_config={**cfg["perceiver"], "resampler_n_latents": cfg["image_seq_len"]},
+        text_config={**cfg["text"], "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id},
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    model = build_seeded(lambda: model_cls(config), source.seed)
+    return model.to(torch_dtype(source.dtype)), processor

@@ -1,0 +1,41 @@
+"""Shared building blocks of every config section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class ModelSource(StrictModel):
+    """Where a model's weights come from.
+
+    Exactly one of:
+    - `pretrained`: a hub id or a local directory, loaded with the library's `from_pretrained`
+      (offline under HF_HUB_OFFLINE=1: the files must already be in the cache or the directory);
+    - `config`: keyword overrides for the model's config class; the model is built from it with
+      weights initialised under `seed` (the tiny profile, and tests).
+    """
+
+    pretrained: str | None = None
+    revision: str | None = None
+    subfolder: str | None = None  # e.g. "unet" inside an SDXL repository
+    config: dict[str, Any] | None = None
+    seed: int = 0
+    dtype: str = "float32"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSource":
+        if (self.pretrained is None) == (self.config is None):
+            raise ValueError("give exactly one of `pretrained` (hub id or directory) or `config` (build from config)")
+        return self
+
+    @property
+    def is_pretrained(self) -> bool:
+        return self.pretrained is not None

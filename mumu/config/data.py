@@ -1,0 +1,69 @@
+"""Config of the build-data flow: ingest → caption → entities → detect → segment → compose → write."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mumu.config.base import ModelSource, StrictModel
+
+
+class IngestConfig(StrictModel):
+    images_per_shard: int = Field(64, ge=1)  # one input shard → one output tar
+    max_image_pixels: int = 64_000_000  # decompression-bomb guard: larger images are quarantined
+    min_side: int = 32  # smaller images are quarantined
+    max_side: int = 1024  # larger images are downscaled (aspect kept) after decoding
+    min_file_bytes: int = 1
+
+
+class CaptionConfig(StrictModel):
+    model: ModelSource
+    prompt: str = "Describe this image in one sentence."
+    max_new_tokens: int = 40
+    batch_size: int = 8
+
+
+class EntitiesConfig(StrictModel):
+    # "vocabulary": longest-match of known object phrases (offline, deterministic); "vlm": ask the captioner.
+    method: Literal["vocabulary", "vlm"] = "vocabulary"
+    vocabulary: str | None = None  # path to a phrase list; None = the bundled one
+    max_entities: int = 3
+
+
+class DetectConfig(StrictModel):
+    model: ModelSource
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    nms_iou: float = 0.5
+    max_boxes_per_phrase: int = 1
+    batch_size: int = 8
+
+
+class SegmentConfig(StrictModel):
+    model: ModelSource
+    mask_threshold: float = 0.0
+    batch_size: int = 8
+
+
+class ComposeConfig(StrictModel):
+    min_crop_side: int = 32  # MUMU: crops smaller than this are dropped
+    max_crop_fraction: float = 0.75  # MUMU: crops covering more of the image than this are dropped
+    max_images_per_prompt: int = 3  # MUMU: at most 3 crops per prompt
+    text_only_share: float = 0.10  # share of samples whose prompt stays text-only
+    seed: int = 0
+
+
+class WriteConfig(StrictModel):
+    image_format: Literal["png", "jpg"] = "png"  # target image; crops, segments, masks are always PNG
+    jpeg_quality: int = 95
+
+
+class DataConfig(StrictModel):
+    ingest: IngestConfig = IngestConfig()
+    caption: CaptionConfig
+    entities: EntitiesConfig = EntitiesConfig()
+    detect: DetectConfig
+    segment: SegmentConfig
+    compose: ComposeConfig = ComposeConfig()
+    write: WriteConfig = WriteConfig()

@@ -1,0 +1,80 @@
+"""A profile: every config section together, loaded by name (bundled YAML) or from a YAML path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from mumu.config.base import StrictModel
+from mumu.config.data import DataConfig
+from mumu.config.eval import EvalConfig
+from mumu.config.model import ModelConfig
+from mumu.config.runtime import RuntimeConfig
+from mumu.config.train import TrainConfig
+from mumu.errors import UserError
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+class ProfileConfig(StrictModel):
+    name: str
+    runtime: RuntimeConfig = RuntimeConfig()
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {dotted!r}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def load_profile(name_or_path: str = "tiny", overrides: dict[str, Any] | None = None) -> ProfileConfig:
+    """Load a bundled profile by name, or a YAML file by path; `overrides` maps dotted keys to values.
+
+    Any problem (unknown profile, YAML syntax, unknown or ill-typed field) raises UserError with one line.
+    """
+    path = Path(name_or_path)
+    if not (path.suffix in {".yaml", ".yml"} and path.exists()):
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise UserError(
+                f"unknown profile {name_or_path!r}: choose one of {', '.join(available_profiles())} or give a YAML path"
+            )
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"profile {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"profile {path}: expected a mapping at the top level")
+    tree.setdefault("name", path.stem)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    try:
+        return ProfileConfig.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise UserError(f"profile {path.name}: {where}: {first['msg']}{more}") from None
+
+
+def config_hash(config: StrictModel) -> str:
+    """Stable short hash of a config section: recorded in manifests and checkpoints."""
+    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,68 @@
+"""Config of the two training stages (text-to-image pretraining, multimodal instruction tuning)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mumu.config.base import StrictModel
+
+
+class LearningRates(StrictModel):
+    # MUMU: connector 1e-5; LoRA 3e-6 (encoder) / 5e-6 (UNet).
+    connector: float = 1e-5
+    encoder: float = 3e-6
+    unet: float = 5e-6
+
+
+class AttnLossConfig(StrictModel):
+    """UNIMO-G visual-enhanced learning: L1 between entity cross-attention maps and masks."""
+
+    weight: float = 0.0
+    # Which attn2 layers to read: "all", or resolutions in latent pixels (e.g. [16, 32]).
+    layers: Literal["all"] | list[int] = "all"
+    # How an entity's tokens are reduced: "mean" over its tokens, or "sum" (total attention mass).
+    token_reduce: Literal["mean", "sum"] = "sum"
+
+
+class AugmentConfig(StrictModel):
+    """MUMU's conditioning-image augmentation, applied to a share of crops."""
+
+    share: float = 0.5
+    random_crop: float = 0.9  # keep at least this fraction of each side
+    flip: bool = True
+    noise_std: float = 0.02
+    grayscale: float = 0.1
+
+
+class StageConfig(StrictModel):
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 1000
+    lr: LearningRates = LearningRates()
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    weight_decay: float = 1e-2
+    cfg_dropout: float = 0.1  # share of samples trained with the empty condition (classifier-free guidance)
+    ema_decay: float | None = None
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    checkpoint_every: int = 500
+    sample_every: int = 500
+    log_every: int = 10
+    shuffle_buffer: int = 256
+    loader_workers: int = 0
+    prompt_mode: Literal["text", "mumu", "unimo"] = "text"
+    text_only_share: float = 0.1
+    attn_loss: AttnLossConfig = AttnLossConfig()
+    augment: AugmentConfig = AugmentConfig(share=0.0)
+    seed: int = 0
+
+
+class TrainConfig(StrictModel):
+    pretrain: StageConfig = StageConfig(prompt_mode="text")
+    tune: StageConfig = Field(
+        default_factory=lambda: StageConfig(
+            prompt_mode="mumu", attn_loss=AttnLossConfig(weight=0.01), augment=AugmentConfig()
+        )
+    )
