@@ -1,0 +1,60 @@
+"""build-data: text–image pairs → multimodal-prompt webdataset shards.
+
+    plan-shards → ingest → caption → entities → detect → segment → compose → write-shard   (mapped over shards)
+                                                                              ↘ write-manifest
+
+Finished shards (their report exists) are skipped, so a re-run after a crash resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.futures import as_completed
+from tqdm import tqdm
+
+from mumu.config import config_hash, load_profile
+from mumu.data import stages
+from tasks import data as t
+
+
+@flow(name="build-data", log_prints=False)
+def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict[str, Any] | None = None) -> dict:
+    cfg = load_profile(profile, overrides)
+    data, runtime = cfg.data, cfg.runtime
+    log = get_run_logger()
+    retry = dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
+
+    shards = t.plan_shards.with_options(**retry)(input_path, data.ingest)
+    done = {s.index: r for s in shards if (r := stages.shard_done(Path(out), s.index)) is not None}
+    todo = [s for s in shards if s.index not in done]
+    log.info("%d input shards: %d already written, %d to build", len(shards), len(done), len(todo))
+
+    work = t.ingest.with_options(**retry).map(todo, unmapped(data.ingest))
+    work = t.caption.with_options(**retry).map(work, unmapped(data.caption), unmapped(runtime))
+    work = t.find_entities.with_options(**retry).map(work, unmapped(data.entities))
+    work = t.detect.with_options(**retry).map(work, unmapped(data.detect), unmapped(runtime))
+    work = t.segment.with_options(**retry).map(work, unmapped(data.segment), unmapped(runtime))
+    work = t.compose.with_options(**retry).map(work, unmapped(data))
+    written = t.write.with_options(**retry).map(work, unmapped(out), unmapped(data))
+
+    reports = list(done.values())
+    with tqdm(total=len(shards), initial=len(done), desc="build-data shards", unit="shard") as bar:
+        for future in as_completed(written):
+            reports.append(future.result())
+            bar.update(1)
+
+    manifest = t.write_manifest.with_options(**retry)(out, sorted(reports, key=lambda r: r.shard), config_hash(data))
+    create_table_artifact(
+        key="build-data-counts",
+        table=[{"stage": "inputs", "count": manifest.inputs}, {"stage": "written", "count": manifest.written},
+               {"stage": "quarantined", "count": manifest.quarantined}]
+        + [{"stage": k, "count": v} for k, v in sorted(manifest.counts.items())],
+        description=f"build-data counts for {out}",
+    )
+    log.info("wrote %d samples in %d shards, quarantined %d (of %d inputs)",
+             manifest.written, len(manifest.shards), manifest.quarantined, manifest.inputs)
+    return manifest.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over the plain functions in mumu.data, mumu.train and mumu.eval."""

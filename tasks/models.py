@@ -1,0 +1,59 @@
+"""Per-process model cache for tasks: each worker process loads a model once and reuses it.
+
+With the thread runner all tasks share one replica; with the Dask runner each worker process holds
+its own, which is what "one model replica per GPU" means once workers are pinned to devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any, Callable
+
+import torch
+
+from mumu.config.runtime import RuntimeConfig
+from models.hf import resolve_device
+
+_lock = threading.Lock()
+_cache: dict[tuple[str, str], Any] = {}
+
+
+def worker_device(runtime: RuntimeConfig) -> torch.device:
+    """The device this worker uses: on a multi-GPU machine, Dask workers are spread over the GPUs."""
+    device = resolve_device(runtime)
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
+        try:
+            from distributed import get_worker
+
+            name = str(get_worker().name)
+            index = int(name) if name.isdigit() else abs(hash(name))
+        except (ImportError, ValueError):
+            index = os.getpid()
+        device = torch.device("cuda", index % torch.cuda.device_count())
+    return device
+
+
+def cached_model(kind: str, cfg: Any, device: torch.device, build: Callable[[], Any]) -> Any:
+    """Load `build()` once per (kind, config, device) in this process; threads wait for the first load."""
+    key = (kind, f"{cfg.model_dump_json()}@{device}")
+    with _lock:
+        if key not in _cache:
+            torch.set_grad_enabled(False)
+            _cache[key] = build()
+        return _cache[key]
+
+
+class Lazy:
+    """Defers loading a model until a stage actually calls it (e.g. no captioner when all captions exist)."""
+
+    def __init__(self, load: Callable[[], Any]):
+        self._load = load
+
+    @functools.cached_property
+    def _model(self) -> Any:
+        return self._load()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
