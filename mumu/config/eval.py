@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from mumu.config.base import ModelSource, StrictModel
 
 
@@ -15,10 +17,51 @@ class SamplerConfig(StrictModel):
     width: int | None = None
 
 
+class BenchmarkConfig(StrictModel):
+    """Which subject benchmark to run (layout: mumu/eval/benchmarks.py, docs/benchmarks.md)."""
+
+    # A folder `<root>/subjects/<name>/*.png|jpg|webp` (+ optional prompts.json); None = the bundled
+    # toy benchmark built from mumu/samples/emoji, so the default run needs nothing downloaded.
+    root: str | None = None
+    kinds: tuple[Literal["single", "multi"], ...] = ("single", "multi")
+    max_subjects: int | None = Field(None, ge=1)  # first N subjects in sorted order; None = all
+    max_templates: int | None = Field(None, ge=1)  # first N prompt templates of each kind; None = all
+    # MultiBench-style: this many subject combinations of each size, drawn under `seed`.
+    multi_sizes: tuple[int, ...] = (2, 3)
+    multi_combinations: int = Field(8, ge=1)
+    # Fidelity references of a single-subject item: "input" = the image put in the prompt (KOSMOS-G's
+    # scripts), "subject" = every image of that subject (DreamBooth's DINO / CLIP-I protocol).
+    references: Literal["input", "subject"] = "input"
+    seed: int = 0
+
+
+class FidConfig(StrictModel):
+    """"FID" here = Fréchet distance between encoder features of generated and reference images.
+
+    InceptionV3 cannot be loaded on this project's machines (see mumu/eval/metrics.py), so the
+    features come from one of the evaluation encoders: "clip" = CLIP image embeddings (clean-fid's
+    `model_name="clip_vit_b_32"` FID), "dino" = DINO CLS features (FD_DINO-style).
+    """
+
+    features: Literal["clip", "dino"] = "clip"
+    # Folder of real images to compare against (e.g. COCO val); None = the benchmark's subject images.
+    reference_dir: str | None = None
+    max_reference_images: int | None = Field(None, ge=2)
+
+
+class ReportConfig(StrictModel):
+    grid_cell: int = Field(128, ge=8)  # pixels per image in the report's grids
+    max_grids: int = Field(8, ge=0)  # grids per benchmark (first items in benchmark order)
+
+
 class EvalConfig(StrictModel):
     sampler: SamplerConfig = SamplerConfig()
-    samples_per_prompt: int = 4
-    chunk_size: int = 16  # prompts per generation task
+    samples_per_prompt: int = Field(4, ge=1)
+    chunk_size: int = Field(16, ge=1)  # prompts per generation task
+    seed: int = 0  # per-item sampling seeds derive from this and the item id
     dino: ModelSource  # DINO ViT-S/16 features (transformers ViTModel)
     clip: ModelSource  # CLIP ViT-B/32 (transformers CLIPModel)
-    fid_batch_size: int = 32
+    batch_size: int = Field(32, ge=1)  # images per encoder forward pass (DINO, CLIP, FID features)
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    fid: FidConfig = FidConfig()
+    report: ReportConfig = ReportConfig()

@@ -1,0 +1,261 @@
+"""Subject-driven benchmarks: DreamBench-style single subject and MultiBench-style 2–3 subjects.
+
+Folder layout of a user benchmark (`eval.benchmark.root`)::
+
+    <root>/subjects/<subject>/*.png|*.jpg|*.jpeg|*.webp   one folder per subject, 1+ images each
+    <root>/prompts.json                                    optional; else mumu/samples/bench/prompts.json
+
+prompts.json::
+
+    {"single": ["a {} in the jungle", ...],              # one placeholder: the subject
+     "multi":  ["a {0} and a {1} on the beach", ...],     # k placeholders: a k-subject combination
+     "names":  {"backpack_dog": "backpack"}}              # optional: subject folder -> name in text
+
+A subject's *name* (used in place of its image in the CLIP-T text) is `names[<subject>]`, else the
+folder name with "_" read as a space. The bundled toy benchmark (root = None) takes its subjects
+from mumu/samples/emoji: each emoji file is one subject, named by `names.json`.
+
+Items:
+- single: every image of every subject × every single template (KOSMOS-G's DreamBench loop); the
+  prompt puts the image where the template has "{}": "a <image:...> in the jungle".
+- multi: for each size k in `multi_sizes`, `multi_combinations` distinct k-subject combinations
+  drawn under `seed` (all of them when fewer exist) × every multi template with k placeholders;
+  each subject contributes its first image.
+Each item is generated `samples_per_prompt` times by the runner. Ordering is deterministic: sorted
+subjects, sorted images, templates in file order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+import string
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+from mumu.config.eval import BenchmarkConfig
+from mumu.errors import UserError
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+DEFAULT_PROMPTS = SAMPLES_DIR / "bench" / "prompts.json"
+EMOJI_DIR = SAMPLES_DIR / "emoji"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+class ImageRef(BaseModel):
+    """An image segment of a multimodal prompt (a path, so items stay JSON for task boundaries)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    image: str
+
+
+class BenchItem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str  # unique in its benchmark; safe as a directory name
+    kind: Literal["single", "multi"]
+    segments: list[str | ImageRef]  # the multimodal prompt, text and images in order
+    text: str  # the prompt with each image replaced by its subject's name (CLIP-T)
+    subjects: list[str]  # subject keys, in placeholder order
+    names: list[str]
+    references: list[list[str]]  # per subject: reference image paths for DINO / CLIP-I
+    template_index: int
+
+    def prompt_string(self) -> str:
+        """The prompt in its written form: "a <image:path> in the jungle"."""
+        return "".join(s if isinstance(s, str) else f"<image:{s.image}>" for s in self.segments)
+
+    def load_prompt(self) -> list[str | Image.Image]:
+        """Segments with the images opened (RGB; transparent pixels on white)."""
+        return [s if isinstance(s, str) else load_rgb(s.image) for s in self.segments]
+
+
+class Subject(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    key: str
+    name: str
+    images: list[str]
+
+
+class Benchmark(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str  # e.g. "toy-single"; the runner writes under <eval dir>/<name>
+    kind: Literal["single", "multi"]
+    subjects: list[Subject]
+    items: list[BenchItem]
+
+    def reference_images(self) -> list[str]:
+        """Every subject image of the benchmark, sorted (FID's default real set)."""
+        return sorted({p for s in self.subjects for p in s.images})
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "P"):
+                im = im.convert("RGBA")
+                bg = Image.new("RGB", im.size, (255, 255, 255))
+                bg.paste(im, mask=im.getchannel("A"))
+                return bg
+            return im.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def chunk(items: list, size: int) -> list[list]:
+    """Consecutive chunks of `size` items (the last may be shorter), order kept."""
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+def _split_template(template: str) -> list[str | int]:
+    """"a {0} and a {1}" -> ["a ", 0, " and a ", 1]; a bare "{}" is field 0."""
+    parts: list[str | int] = []
+    auto = 0
+    for literal, field, spec, conv in string.Formatter().parse(template):
+        if literal:
+            parts.append(literal)
+        if field is None:
+            continue
+        if spec or conv or not (field == "" or field.isdigit()):
+            raise UserError(f"prompt template {template!r}: placeholders must be {{}} or {{0}}, {{1}}, ...")
+        parts.append(auto if field == "" else int(field))
+        auto += 1
+    return parts
+
+
+def _n_placeholders(template: str) -> int:
+    fields = {p for p in _split_template(template) if isinstance(p, int)}
+    if fields != set(range(len(fields))):
+        raise UserError(f"prompt template {template!r}: placeholders must be numbered 0..k-1")
+    return len(fields)
+
+
+def _make_item(kind, item_id, template, template_index, subjects: list[Subject], inputs: list[str],
+               references: list[list[str]]) -> BenchItem:
+    segments: list[str | ImageRef] = []
+    text = []
+    for part in _split_template(template):
+        if isinstance(part, str):
+            segments.append(part)
+            text.append(part)
+        else:
+            segments.append(ImageRef(image=inputs[part]))
+            text.append(subjects[part].name)
+    return BenchItem(id=item_id, kind=kind, segments=segments, text="".join(text),
+                     subjects=[s.key for s in subjects], names=[s.name for s in subjects],
+                     references=references, template_index=template_index)
+
+
+def single_items(subjects: list[Subject], templates: list[str], references: str) -> list[BenchItem]:
+    items = []
+    for subject in subjects:
+        for image in subject.images:
+            refs = [[image]] if references == "input" else [list(subject.images)]
+            for ti, template in enumerate(templates):
+                if _n_placeholders(template) != 1:
+                    raise UserError(f"single-subject template {template!r} must have exactly one placeholder")
+                item_id = f"single-{_slug(subject.key)}-{_slug(Path(image).stem)}-t{ti:02d}"
+                items.append(_make_item("single", item_id, template, ti, [subject], [image], refs))
+    return items
+
+
+def multi_items(subjects: list[Subject], templates: list[str], sizes: tuple[int, ...], combinations: int,
+                references: str, seed: int, max_templates: int | None = None) -> list[BenchItem]:
+    items = []
+    for k in sizes:
+        k_templates = [(ti, t) for ti, t in enumerate(templates) if _n_placeholders(t) == k][:max_templates]
+        if not k_templates or len(subjects) < k:
+            continue
+        all_combos = list(itertools.combinations(range(len(subjects)), k))
+        if len(all_combos) > combinations:
+            all_combos = sorted(random.Random(f"{seed}:{k}").sample(all_combos, combinations))
+        for combo in all_combos:
+            chosen = [subjects[i] for i in combo]
+            inputs = [s.images[0] for s in chosen]
+            refs = [[s.images[0]] if references == "input" else list(s.images) for s in chosen]
+            key = "+".join(_slug(s.key) for s in chosen)
+            for ti, template in k_templates:
+                items.append(_make_item("multi", f"multi{k}-{key}-t{ti:02d}", template, ti, chosen, inputs, refs))
+    return items
+
+
+def load_prompts(path: Path | None) -> dict:
+    path = path if path is not None and path.exists() else DEFAULT_PROMPTS
+    try:
+        prompts = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read prompt templates {path}: {exc}") from None
+    if not isinstance(prompts, dict) or not isinstance(prompts.get("single", []), list) \
+            or not isinstance(prompts.get("multi", []), list):
+        raise UserError(f"{path}: expected {{'single': [...], 'multi': [...], 'names': {{...}}}}")
+    return prompts
+
+
+def folder_subjects(root: Path, names: dict[str, str] | None = None) -> list[Subject]:
+    """Subjects of the documented layout `<root>/subjects/<subject>/*.png|jpg|webp`."""
+    subjects_dir = root / "subjects"
+    if not subjects_dir.is_dir():
+        raise UserError(f"benchmark {root}: no subjects/ folder (expected {root}/subjects/<name>/*.png)")
+    subjects = []
+    for folder in sorted(p for p in subjects_dir.iterdir() if p.is_dir()):
+        images = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if images:
+            name = (names or {}).get(folder.name, folder.name.replace("_", " "))
+            subjects.append(Subject(key=folder.name, name=name, images=images))
+    if not subjects:
+        raise UserError(f"benchmark {root}: subjects/ holds no subject folder with images")
+    return subjects
+
+
+def emoji_subjects(emoji_dir: Path = EMOJI_DIR) -> list[Subject]:
+    """One subject per emoji of a folder with names.json ({file: name}; files beside it or in images/)."""
+    names_file = emoji_dir / "names.json"
+    if not names_file.exists():
+        raise UserError(f"toy benchmark: {names_file} is missing (the bundled emoji samples)")
+    names = json.loads(names_file.read_text())
+    subjects = []
+    for file_name, name in sorted(names.items()):
+        path = next((p for p in (emoji_dir / file_name, emoji_dir / "images" / file_name) if p.exists()), None)
+        if path is None:
+            raise UserError(f"toy benchmark: {file_name} is listed in {names_file} but not found")
+        subjects.append(Subject(key=Path(file_name).stem, name=name, images=[str(path)]))
+    return subjects
+
+
+def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[Benchmark]:
+    """The benchmarks of `cfg.kinds` (named "<root name or toy>-single" / "-multi"), in that order."""
+    if cfg.root is None:
+        prefix, subjects, prompts = "toy", emoji_subjects(emoji_dir), load_prompts(None)
+    else:
+        root = Path(cfg.root)
+        prompts = load_prompts(root / "prompts.json")
+        prefix, subjects = _slug(root.name), folder_subjects(root, prompts.get("names"))
+    subjects = subjects[:cfg.max_subjects]
+    single_templates = list(prompts.get("single", []))[:cfg.max_templates]
+    benches = []
+    for kind in cfg.kinds:
+        if kind == "single":
+            items = single_items(subjects, single_templates, cfg.references)
+        else:
+            items = multi_items(subjects, list(prompts.get("multi", [])), cfg.multi_sizes, cfg.multi_combinations,
+                                cfg.references, cfg.seed, cfg.max_templates)
+        if not items:
+            raise UserError(f"benchmark {prefix}-{kind}: no items (check its templates and subject count)")
+        ids = [item.id for item in items]
+        if len(set(ids)) != len(ids):
+            raise UserError(f"benchmark {prefix}-{kind}: item ids collide (subject or image names differ "
+                            "only in punctuation)")
+        benches.append(Benchmark(name=f"{prefix}-{kind}", kind=kind, subjects=subjects, items=items))
+    return benches

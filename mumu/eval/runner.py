@@ -1,0 +1,198 @@
+"""The chunked, resumable evaluation runner: generate a benchmark's images chunk by chunk, then score.
+
+Output layout (one `out_dir` per benchmark, e.g. <eval dir>/<benchmark.name>)::
+
+    images/<item id>/<k>.png          sample k of an item (written atomically)
+    chunks/chunk-<index:05d>.json     the chunk's record, written LAST: it exists <=> the chunk finished
+
+A chunk whose record exists is not generated again, so a killed evaluation resumes where it stopped
+and a retried Prefect task does no duplicate work. Sampling seeds derive from `eval.seed` and the
+item id only, so images do not depend on chunk size or on which chunks were resumed.
+
+`generate_fn(prompt_segments: list[str | PIL.Image], n: int, seed: int) -> list[PIL.Image]` is the
+generator (passed in; tests give a fake).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mumu.config.eval import EvalConfig
+from mumu.errors import UserError
+from mumu.eval import metrics
+from mumu.eval.benchmarks import Benchmark, BenchItem, chunk, load_rgb
+from mumu.eval.report import Report, write_report  # re-exported: the runner's last step
+from mumu.io import atomic_path, write_json_atomic
+
+GenerateFn = Callable[[list, int, int], list[Image.Image]]
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    chunk_index: int
+    item_ids: list[str]
+    images: dict[str, list[str]]  # item id -> image paths relative to out_dir
+    generated: bool  # False when the chunk's record already existed (resumed)
+    seconds: float
+
+
+def item_seed(base_seed: int, item_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{base_seed}:{item_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def chunk_record_path(out_dir: str | Path, chunk_index: int) -> Path:
+    return Path(out_dir) / "chunks" / f"chunk-{chunk_index:05d}.json"
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def _read_record(path: Path, items: list[BenchItem], cfg: EvalConfig, out_dir: Path) -> ChunkResult | None:
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    expected = [item.id for item in items]
+    if record["item_ids"] != expected or record["samples_per_prompt"] != cfg.samples_per_prompt \
+            or record["seed"] != cfg.seed:
+        raise UserError(f"{path} records a different chunk (other items, samples_per_prompt or seed): "
+                        "evaluate into a fresh output directory")
+    missing = [p for paths in record["images"].values() for p in paths if not (out_dir / p).exists()]
+    if missing:
+        return None  # images were removed after the chunk finished: regenerate it
+    return ChunkResult(record["chunk_index"], expected, record["images"], generated=False,
+                       seconds=record["seconds"])
+
+
+def generate_chunk(items: list[BenchItem], generate_fn: GenerateFn, out_dir: str | Path, chunk_index: int,
+                   cfg: EvalConfig) -> ChunkResult:
+    """Generate `cfg.samples_per_prompt` images for each item of one chunk, unless already done."""
+    out_dir = Path(out_dir)
+    record_path = chunk_record_path(out_dir, chunk_index)
+    done = _read_record(record_path, items, cfg, out_dir)
+    if done is not None:
+        return done
+    start = time.perf_counter()
+    images: dict[str, list[str]] = {}
+    for item in items:
+        n = cfg.samples_per_prompt
+        outputs = generate_fn(item.load_prompt(), n, item_seed(cfg.seed, item.id))
+        if len(outputs) != n or not all(isinstance(im, Image.Image) for im in outputs):
+            raise ValueError(f"generate_fn returned {len(outputs)} objects for item {item.id}, expected {n} PIL images")
+        rel = [f"images/{item.id}/{k}.png" for k in range(n)]
+        for image, path in zip(outputs, rel):
+            _save_png(image.convert("RGB"), out_dir / path)
+        images[item.id] = rel
+    seconds = time.perf_counter() - start
+    write_json_atomic(record_path, {
+        "chunk_index": chunk_index, "item_ids": [item.id for item in items], "images": images,
+        "samples_per_prompt": cfg.samples_per_prompt, "seed": cfg.seed, "seconds": round(seconds, 3),
+    })
+    return ChunkResult(chunk_index, [item.id for item in items], images, generated=True, seconds=seconds)
+
+
+def generate_benchmark(bench: Benchmark, generate_fn: GenerateFn, out_dir: str | Path,
+                       cfg: EvalConfig) -> list[ChunkResult]:
+    """Every chunk of `bench` in order (the lead may map `generate_chunk` over chunks instead)."""
+    return [generate_chunk(items, generate_fn, out_dir, i, cfg)
+            for i, items in enumerate(chunk(bench.items, cfg.chunk_size))]
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+def _generated_paths(bench: Benchmark, out_dir: Path, cfg: EvalConfig) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for i, items in enumerate(chunk(bench.items, cfg.chunk_size)):
+        path = chunk_record_path(out_dir, i)
+        if not path.exists():
+            raise UserError(f"{bench.name}: chunk {i} has not been generated ({path} is missing)")
+        record = json.loads(path.read_text())
+        if record["item_ids"] != [item.id for item in items]:
+            raise UserError(f"{path} belongs to another benchmark or chunk size")
+        found.update(record["images"])
+    return found
+
+
+def _encode(paths: list[str], encoders, batch: int, want_dino: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(DINO CLS features, unnormalised CLIP image embeddings) of image files, `batch` files at a time."""
+    dino, clip = [], []
+    for start in range(0, len(paths), batch):
+        images = [load_rgb(p) for p in paths[start:start + batch]]
+        if want_dino:
+            dino.append(encoders.dino.features(images, batch).numpy())
+        clip.append(encoders.clip.image_embeds(images, batch, normalize=False).numpy())
+    return (np.concatenate(dino) if dino else np.zeros((0, 0))), np.concatenate(clip)
+
+
+def _list_images(folder: Path, limit: int | None) -> list[str]:
+    if not folder.is_dir():
+        raise UserError(f"eval.fid.reference_dir {folder} is not a directory")
+    paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
+    return paths[:limit]
+
+
+def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> dict:
+    """DINO, CLIP-I, CLIP-T and "FID" (see mumu.eval.metrics) of a generated benchmark.
+
+    `encoders` is a models.eval_encoders.EvalEncoders (or anything with .dino.features and
+    .clip.image_embeds / .clip.text_embeds). Returns the aggregate scores plus per-item scores.
+    """
+    out_dir = Path(out_dir)
+    generated = _generated_paths(bench, out_dir, cfg)
+    gen_files = [str(out_dir / p) for item in bench.items for p in generated[item.id]]
+    gen_dino, gen_clip = _encode(gen_files, encoders, cfg.batch_size)
+
+    ref_files = sorted({p for item in bench.items for refs in item.references for p in refs})
+    ref_index = {p: i for i, p in enumerate(ref_files)}
+    ref_dino, ref_clip = _encode(ref_files, encoders, cfg.batch_size)
+    texts = sorted({item.text for item in bench.items})
+    text_emb = encoders.clip.text_embeds(texts).numpy()
+    text_index = {t: i for i, t in enumerate(texts)}
+
+    per_item = []
+    dino_all, clip_i_all, clip_t_all = [], [], []
+    offset = 0
+    for item in bench.items:
+        rows = list(range(offset, offset + len(generated[item.id])))
+        offset += len(rows)
+        ref_rows = [[ref_index[p] for p in refs] for refs in item.references]
+        dino = metrics.subject_similarity(gen_dino[rows], [ref_dino[r] for r in ref_rows])
+        clip_i = metrics.subject_similarity(gen_clip[rows], [ref_clip[r] for r in ref_rows])
+        clip_t = metrics.clip_t(gen_clip[rows], np.repeat(text_emb[[text_index[item.text]]], len(rows), axis=0))
+        dino_all += dino.tolist()
+        clip_i_all += clip_i.tolist()
+        clip_t_all += clip_t.tolist()
+        per_item.append({"id": item.id, "text": item.text, "prompt": item.prompt_string(), "names": item.names,
+                         "references": item.references, "images": [str(out_dir / p) for p in generated[item.id]],
+                         "dino": dino.tolist(), "clip_i": clip_i.tolist(), "clip_t": clip_t.tolist()})
+
+    fid_real = (_list_images(Path(cfg.fid.reference_dir), cfg.fid.max_reference_images)
+                if cfg.fid.reference_dir else bench.reference_images()[:cfg.fid.max_reference_images])
+    if cfg.fid.reference_dir or set(fid_real) - set(ref_files):
+        real_dino, real_clip = _encode(fid_real, encoders, cfg.batch_size, want_dino=cfg.fid.features == "dino")
+    else:
+        rows = [ref_index[p] for p in fid_real]
+        real_dino, real_clip = ref_dino[rows], ref_clip[rows]
+    gen_feat, real_feat = (gen_clip, real_clip) if cfg.fid.features == "clip" else (gen_dino, real_dino)
+    fid, fid_note = None, None
+    if len(gen_feat) >= 2 and len(real_feat) >= 2:
+        fid = metrics.fid_from_features(gen_feat, real_feat)
+    else:
+        fid_note = f"needs >= 2 images on each side (generated {len(gen_feat)}, real {len(real_feat)})"
+    return {
+        "benchmark": bench.name, "kind": bench.kind, "n_items": len(bench.items), "n_images": len(gen_files),
+        "n_references": len(ref_files), "n_fid_real": len(real_feat),
+        "dino": float(np.mean(dino_all)), "clip_i": float(np.mean(clip_i_all)), "clip_t": float(np.mean(clip_t_all)),
+        "fid": fid, "fid_features": cfg.fid.features, "fid_note": fid_note, "items": per_item,
+    }
+
+__all__ = ["ChunkResult", "Report", "generate_benchmark", "generate_chunk", "item_seed", "score", "write_report"]
