@@ -74,6 +74,8 @@ class ShardReport(_Record):
     sha256: str
     bytes: int
     counts: dict[str, int]  # per-stage counters (captioned_by_vlm, entities, boxes, masks, crops_kept, text_only)
+    # sha256 of the shard's planned input sources: a finished shard is reused only for the same inputs.
+    plan_sha256: str = ""
 
 
 class Manifest(_Record):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mumu.config.base import ModelSource, StrictModel
 
@@ -25,10 +25,21 @@ class CaptionConfig(StrictModel):
 
 
 class EntitiesConfig(StrictModel):
-    # "vocabulary": longest-match of known object phrases (offline, deterministic); "vlm": ask the captioner.
+    # "vocabulary": longest-match of known object phrases (offline, deterministic). "vlm" is rejected:
+    # entities must be spans of the caption (crops are inserted at their words), see mumu/data/entities.py.
     method: Literal["vocabulary", "vlm"] = "vocabulary"
-    vocabulary: str | None = None  # path to a phrase list; None = the bundled one
-    max_entities: int = 3
+    vocabulary: str | None = None  # path to a phrase list (one per line, # comments); None = the bundled one
+    max_entities: int = Field(3, ge=1)
+
+    @field_validator("method")
+    @classmethod
+    def _only_vocabulary(cls, v: str) -> str:
+        if v == "vlm":
+            raise ValueError(
+                "method 'vlm' is not implemented: entities must be spans of the caption, use 'vocabulary' "
+                "(optionally with your own phrase list in `vocabulary`)"
+            )
+        return v
 
 
 class DetectConfig(StrictModel):

@@ -1,0 +1,276 @@
+"""The data stage of one shard as plain functions over `ShardWork` (the Prefect tasks wrap these 1:1).
+
+    plan_shards → ingest → caption → find_entities → detect → segment → compose → write
+    shard_done (skip finished shards) · write_manifest (after all shards)
+
+Each stage returns a new ShardWork; an item that fails in a stage (undecodable, empty caption, a model
+error on that item, ...) leaves `items` for `quarantined` with the stage and a reason, so at the end
+`inputs == written + quarantined` holds per shard (asserted before writing) and overall.
+
+Models are duck-typed (TEAM.md): captioner.caption(images) -> list[str];
+detector.detect(images, phrases) -> list[list[Detection]]; segmenter.segment(images, boxes) ->
+list[bool ndarray [n, H, W]]. A model call covers the whole shard (the model batches by its config);
+if it raises, items are retried one by one so only the failing ones are quarantined — unless every
+item fails, which means the model (not the data) is broken, and the error propagates.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_schemas import Manifest, ShardReport
+from mumu.config.data import ComposeConfig, DataConfig, EntitiesConfig, IngestConfig
+from mumu.data import entities as _entities
+from mumu.data.compose import compose_sample, int_box
+from mumu.data.decode import BadInput, decode_image
+from mumu.data.ingest import plan_shards, read_refs
+from mumu.data.shards import shard_done, write_manifest, write_shard
+from mumu.data.work import Composed, Entity, InputShard, Item, ShardWork
+
+__all__ = [
+    "plan_shards",
+    "ingest",
+    "caption",
+    "find_entities",
+    "detect",
+    "segment",
+    "compose",
+    "write",
+    "shard_done",
+    "write_manifest",
+]
+
+
+def _reason(exc: BaseException) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}"[:300]
+
+
+def _run_model(call: Callable, args: list[tuple], check: Callable[[Any, tuple], None]) -> list[Any]:
+    """`call(*columns)` for all items at once; per item a result or the exception it caused."""
+
+    def once(batch: list[tuple]) -> list[Any]:
+        out = list(call(*[list(col) for col in zip(*batch)]))
+        if len(out) != len(batch):
+            raise ValueError(f"model returned {len(out)} results for {len(batch)} inputs")
+        for o, a in zip(out, batch):
+            check(o, a)
+        return out
+
+    if not args:
+        return []
+    try:
+        return once(args)
+    except Exception as exc:  # noqa: BLE001 — find which item(s) the model failed on
+        if len(args) == 1:
+            return [exc]
+    results: list[Any] = []
+    for a in args:
+        try:
+            results.append(once([a])[0])
+        except Exception as exc:  # noqa: BLE001
+            results.append(exc)
+    if all(isinstance(r, Exception) for r in results):
+        raise results[0]
+    return results
+
+
+def ingest(shard: InputShard, cfg: IngestConfig) -> ShardWork:
+    """Read and decode every planned input; bad ones go to quarantine with the decoder's reason."""
+    work = ShardWork(shard=shard.index, inputs=len(shard.refs), items=(), plan_sha256=shard.plan_sha256)
+    items, bad = [], []
+    for ref, data, given, error in read_refs(shard.refs):
+        if error is None:
+            try:
+                image = decode_image(data, cfg)
+            except BadInput as exc:
+                error = exc.reason
+        if error is not None:
+            bad.append(work.reject(ref.source, "ingest", error))
+            continue
+        items.append(Item(key=ref.key, source=ref.source, image=image, caption=given, caption_source="given"))
+    given_n = sum(1 for it in items if it.caption)
+    return work.next(items, bad, {"inputs": len(shard.refs), "decoded": len(items), "captions_given": given_n})
+
+
+def caption(work: ShardWork, captioner) -> ShardWork:
+    """Caption the items that came without one (`captioner` may be None when every item has one)."""
+    todo = [i for i, it in enumerate(work.items) if not it.caption]
+    if not todo:
+        return work.next(list(work.items))
+    if captioner is None:
+        results: list[Any] = [RuntimeError("no caption given and no captioner configured")] * len(todo)
+    else:
+
+        def check(out, _):
+            if not isinstance(out, str):
+                raise TypeError(f"captioner returned {type(out).__name__}, not str")
+
+        results = _run_model(captioner.caption, [(work.items[i].image,) for i in todo], check)
+    items, bad, n = list(work.items), [], 0
+    for i, res in zip(todo, results):
+        it = work.items[i]
+        if isinstance(res, Exception):
+            bad.append(work.reject(it.source, "caption", _reason(res)))
+            items[i] = None
+        elif not res.strip():
+            bad.append(work.reject(it.source, "caption", "empty caption from captioner"))
+            items[i] = None
+        else:
+            items[i] = it.replace(caption=res.strip(), caption_source="vlm")
+            n += 1
+    return work.next([it for it in items if it is not None], bad, {"captioned_by_vlm": n})
+
+
+def find_entities(work: ShardWork, cfg: EntitiesConfig) -> ShardWork:
+    """Entity phrases and their caption spans (see mumu/data/entities.py)."""
+    items, c = [], Counter()
+    for it in work.items:
+        ents = _entities.find_entities(it.caption, cfg)
+        c["entities"] += len(ents)
+        c["no_entities"] += not ents
+        items.append(it.replace(entities=tuple(ents)))
+    return work.next(items, [], dict(c))
+
+
+def detect(work: ShardWork, detector) -> ShardWork:
+    """Best box per entity phrase, as integer pixel boxes; entities with no detection are dropped."""
+    todo = [i for i, it in enumerate(work.items) if it.entities]
+
+    def check(dets, args):
+        n = len(args[1])
+        for d in dets:
+            if not 0 <= d.phrase_index < n:
+                raise ValueError(f"detection phrase_index {d.phrase_index} out of range for {n} phrases")
+
+    args = [(work.items[i].image, [e.phrase for e in work.items[i].entities]) for i in todo]
+    results = _run_model(detector.detect, args, check) if todo else []
+    items, bad, c = list(work.items), [], Counter()
+    for i, res in zip(todo, results):
+        it = work.items[i]
+        if isinstance(res, Exception):
+            bad.append(work.reject(it.source, "detect", _reason(res)))
+            items[i] = None
+            continue
+        kept: list[Entity] = []
+        for j, ent in enumerate(it.entities):
+            cands = [d for d in res if d.phrase_index == j]
+            best = max(cands, key=lambda d: d.score, default=None)
+            box = int_box(best.box, *it.image.size) if best is not None else None
+            if box is None:
+                c["entities_undetected"] += 1
+                continue
+            kept.append(Entity(ent.phrase, ent.span, box, float(best.score)))
+        c["boxes"] += len(kept)
+        items[i] = it.replace(entities=tuple(kept))
+    return work.next([it for it in items if it is not None], bad, dict(c))
+
+
+def segment(work: ShardWork, segmenter) -> ShardWork:
+    """One full-image bool mask per detected entity (stored as [n, H, W] on the item)."""
+    todo = [i for i, it in enumerate(work.items) if it.entities]
+
+    def check(masks, args):
+        image, boxes = args
+        want = (len(boxes), image.size[1], image.size[0])
+        if not isinstance(masks, np.ndarray) or masks.shape != want:
+            got = masks.shape if isinstance(masks, np.ndarray) else type(masks).__name__
+            raise ValueError(f"segmenter returned {got}, expected {want}")
+
+    args = [(work.items[i].image, [tuple(map(float, e.box)) for e in work.items[i].entities]) for i in todo]
+    results = _run_model(segmenter.segment, args, check) if todo else []
+    items, bad, c = list(work.items), [], Counter()
+    for i, res in zip(todo, results):
+        it = work.items[i]
+        if isinstance(res, Exception):
+            bad.append(work.reject(it.source, "segment", _reason(res)))
+            items[i] = None
+            continue
+        masks = res.astype(bool)
+        c["masks"] += len(masks)
+        c["masks_empty"] += int((~masks.reshape(len(masks), -1).any(axis=1)).sum())
+        items[i] = it.replace(masks=masks)
+    return work.next([it for it in items if it is not None], bad, dict(c))
+
+
+def compose(work: ShardWork, cfg: ComposeConfig) -> ShardWork:
+    """Crops, segments, masks and both prompts per item (see mumu/data/compose.py)."""
+    items, bad, c = [], [], Counter()
+    for it in work.items:
+        try:
+            composed, counts = compose_sample(
+                key=it.key,
+                source=it.source,
+                image=it.image,
+                caption=it.caption,
+                caption_source=it.caption_source,
+                entities=list(it.entities),
+                masks=it.masks,
+                cfg=cfg,
+            )
+        except ValueError as exc:
+            bad.append(work.reject(it.source, "compose", _reason(exc)))
+            continue
+        c.update(counts)
+        items.append(it.replace(composed=composed))
+    return work.next(items, bad, dict(c))
+
+
+def _with_image_format(composed: Composed, fmt: str) -> Composed:
+    """compose names the target "image.png"; the write config decides its real encoding."""
+    old, new = composed.record.image, f"image.{fmt}"
+    if old == new:
+        return composed
+    images = {(new if k == old else k): v for k, v in composed.images.items()}
+    return Composed(record=composed.record.model_copy(update={"image": new}), images=images)
+
+
+def write(work: ShardWork, out_dir: str | Path, cfg: DataConfig) -> ShardReport:
+    """Atomic shard tar, then its quarantine file, then its report (the "finished" marker)."""
+    if work.inputs != len(work.items) + len(work.quarantined):
+        raise AssertionError(
+            f"{work.name}: inputs {work.inputs} != items {len(work.items)} + quarantined {len(work.quarantined)}"
+        )
+    missing = [it.source for it in work.items if it.composed is None]
+    if missing:
+        raise ValueError(f"{work.name}: {len(missing)} items were not composed (first: {missing[0]})")
+    samples = [_with_image_format(it.composed, cfg.write.image_format) for it in work.items]
+    counts = Counter(work.counts)
+    counts["written"] = len(samples)
+    counts["quarantined"] = len(work.quarantined)
+    for q in work.quarantined:
+        counts[f"quarantined_{q.stage}"] += 1
+    return write_shard(
+        out_dir, work.shard, samples, list(work.quarantined), work.inputs, dict(counts), cfg.write, work.plan_sha256
+    )
+
+
+def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner, detector, segmenter) -> ShardReport:
+    """All stages of one shard in order (what the flow does per shard, without Prefect)."""
+    work = ingest(shard, cfg.ingest)
+    work = caption(work, captioner)
+    work = find_entities(work, cfg.entities)
+    work = detect(work, detector)
+    work = segment(work, segmenter)
+    work = compose(work, cfg.compose)
+    return write(work, out_dir, cfg)
+
+
+def run_local(
+    input_path, out_dir, cfg: DataConfig, captioner, detector, segmenter, config_hash: str
+) -> tuple[Manifest, list[int]]:
+    """Plan, run every unfinished shard sequentially, write the manifest → (manifest, shards run now)."""
+    reports, ran = [], []
+    shards: Sequence[InputShard] = plan_shards(input_path, cfg.ingest)
+    for shard in shards:
+        report = shard_done(out_dir, shard.index, shard)
+        if report is None:
+            report = run_shard(shard, out_dir, cfg, captioner, detector, segmenter)
+            ran.append(shard.index)
+        reports.append(report)
+    return write_manifest(out_dir, reports, config_hash), ran
