@@ -1,0 +1,210 @@
+"""The chunked resumable runner, scoring against independently computed values, and the report."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mumu.config import load_profile
+from mumu.config.eval import BenchmarkConfig
+from mumu.errors import UserError
+from mumu.eval import metrics
+from mumu.eval.benchmarks import build_benchmarks, chunk, load_rgb
+from mumu.eval.runner import chunk_record_path, generate_benchmark, generate_chunk, item_seed, score, write_report
+
+COLOURS = {"blue_ball": (30, 60, 220), "green_box": (30, 200, 60), "red_star": (220, 40, 40)}
+
+
+def make_bench(root: Path) -> Path:
+    yy, xx = np.mgrid[:32, :32]
+    shapes = {"blue_ball": (yy - 16) ** 2 + (xx - 16) ** 2 < 100, "green_box": (abs(yy - 16) < 8) & (abs(xx - 16) < 12),
+              "red_star": (abs(yy - 16) + abs(xx - 16)) < 10}
+    for name, colour in COLOURS.items():
+        (root / "subjects" / name).mkdir(parents=True)
+        img = np.full((32, 32, 3), 255, np.uint8)
+        img[shapes[name]] = colour
+        Image.fromarray(img).save(root / "subjects" / name / "0.png")
+    (root / "prompts.json").write_text(json.dumps({
+        "single": ["a {} in the jungle", "a {} on the beach"], "multi": ["a {0} and a {1}"]}))
+    return root
+
+
+def eval_cfg(**overrides):
+    return load_profile("tiny", {f"eval.{k}": v for k, v in overrides.items()}).eval
+
+
+class PixelEncoders:
+    """A transparent stand-in for DINO/CLIP: features = centred 8x8 RGB thumbnails (texts: a hash)."""
+
+    class _Enc:
+        def features(self, images, batch_size=32):
+            arr = np.stack([np.asarray(im.convert("RGB").resize((8, 8), Image.Resampling.BILINEAR), np.float32)
+                            for im in images])
+            return torch.from_numpy((arr.reshape(len(images), -1) - 128.0) / 128.0)
+
+        def image_embeds(self, images, batch_size=32, normalize=True):
+            f = self.features(images)
+            return torch.nn.functional.normalize(f, dim=-1) if normalize else f
+
+        def text_embeds(self, texts, batch_size=64, normalize=True):
+            rows = [np.random.default_rng(sum(map(ord, t))).normal(size=192) for t in texts]
+            return torch.nn.functional.normalize(torch.tensor(np.stack(rows), dtype=torch.float32), dim=-1)
+
+    def __init__(self):
+        self.dino = self.clip = self._Enc()
+
+
+class CountingGenerator:
+    """Returns the prompt's first image (+ seeded noise, or another subject's colour) n times."""
+
+    def __init__(self, noise=10.0, wrong_subject=False, fail_after=None):
+        self.calls, self.noise, self.wrong, self.fail_after = [], noise, wrong_subject, fail_after
+
+    def __call__(self, prompt, n, seed):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise RuntimeError("generator died")
+        self.calls.append((tuple(p if isinstance(p, str) else "<img>" for p in prompt), n, seed))
+        ref = np.asarray(next(p for p in prompt if isinstance(p, Image.Image)), np.float64)
+        if self.wrong:
+            ref = ref[..., ::-1]  # swaps red and blue: a different-looking subject
+        rng = np.random.default_rng(seed)
+        return [Image.fromarray(np.clip(ref + rng.normal(0, self.noise, ref.shape), 0, 255).astype(np.uint8))
+                for _ in range(n)]
+
+
+@pytest.fixture
+def single_bench(tmp_path):
+    root = make_bench(tmp_path / "bench")
+    return build_benchmarks(BenchmarkConfig(root=str(root), kinds=("single",)))[0]  # 3 subjects x 2 = 6 items
+
+
+def test_resume_regenerates_only_missing_chunks(single_bench, tmp_path):
+    cfg = eval_cfg(chunk_size=4, samples_per_prompt=2)  # 6 items -> chunks of 4 and 2
+    out = tmp_path / "out"
+    gen = CountingGenerator()
+    first = generate_chunk(chunk(single_bench.items, 4)[1], gen, out, 1, cfg)
+    assert first.generated and len(gen.calls) == 2 and chunk_record_path(out, 1).exists()
+    before = {p: (out / p).read_bytes() for paths in first.images.values() for p in paths}
+
+    results = generate_benchmark(single_bench, gen, out, cfg)
+    assert [r.generated for r in results] == [True, False]  # chunk 1's record existed: not regenerated
+    assert len(gen.calls) == 2 + 4
+    assert {p: (out / p).read_bytes() for p in before} == before
+    again = generate_benchmark(single_bench, gen, out, cfg)
+    assert len(gen.calls) == 6 and not any(r.generated for r in again)
+
+    # seeds depend on the item only, so a fresh run with another chunk size writes identical images
+    other = tmp_path / "other"
+    generate_benchmark(single_bench, CountingGenerator(), other, eval_cfg(chunk_size=5, samples_per_prompt=2))
+    for item in single_bench.items:
+        for k in range(2):
+            assert (other / f"images/{item.id}/{k}.png").read_bytes() == (out / f"images/{item.id}/{k}.png").read_bytes()
+    assert gen.calls[2][2] == item_seed(cfg.seed, single_bench.items[0].id)
+    record = json.loads(chunk_record_path(out, 0).read_text())
+    assert record["item_ids"] == [i.id for i in single_bench.items[:4]] and record["samples_per_prompt"] == 2
+    assert record["images"][single_bench.items[0].id] == [f"images/{single_bench.items[0].id}/{k}.png" for k in (0, 1)]
+
+
+def test_a_failed_chunk_leaves_no_record_and_no_torn_files(single_bench, tmp_path):
+    cfg = eval_cfg(chunk_size=4, samples_per_prompt=2)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="generator died"):
+        generate_chunk(chunk(single_bench.items, 4)[0], CountingGenerator(fail_after=2), out, 0, cfg)
+    assert not chunk_record_path(out, 0).exists()
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    assert len(files) == 4 and all(p.suffix == ".png" for p in files)  # 2 items x 2 samples, no temp files
+    for p in files:
+        assert Image.open(p).size == (32, 32)
+    gen = CountingGenerator()
+    assert generate_chunk(chunk(single_bench.items, 4)[0], gen, out, 0, cfg).generated and len(gen.calls) == 4
+
+    with pytest.raises(UserError, match="different chunk"):
+        generate_chunk(chunk(single_bench.items, 4)[0], gen, out, 0, eval_cfg(samples_per_prompt=3, chunk_size=4))
+    with pytest.raises(ValueError, match="expected 2 PIL images"):
+        generate_chunk(chunk(single_bench.items, 4)[1], lambda p, n, s: [], out, 1, cfg)
+    with pytest.raises(UserError, match="chunk 1 has not been generated"):
+        score(single_bench, out, PixelEncoders(), cfg)
+
+
+def test_scores_equal_independent_computation_and_rank_generators(single_bench, tmp_path):
+    cfg = eval_cfg(chunk_size=4, samples_per_prompt=2)
+    enc = PixelEncoders()
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    generate_benchmark(single_bench, CountingGenerator(noise=10), good, cfg)
+    generate_benchmark(single_bench, CountingGenerator(noise=10, wrong_subject=True), bad, cfg)
+    s_good, s_bad = score(single_bench, good, enc, cfg), score(single_bench, bad, enc, cfg)
+    assert s_good["dino"] > 0.95 > s_bad["dino"] and s_good["clip_i"] > s_bad["clip_i"]
+    assert s_good["fid"] < s_bad["fid"]
+    assert (s_good["n_items"], s_good["n_images"], s_good["n_references"]) == (6, 12, 3)
+
+    # independent recomputation from the files on disk
+    dino, clip_t, gen_feats = [], [], []
+    for item in single_bench.items:
+        imgs = [load_rgb(good / f"images/{item.id}/{k}.png") for k in range(2)]
+        g = enc.dino.features(imgs).numpy()
+        r = enc.dino.features([load_rgb(item.references[0][0])]).numpy()
+        dino += [float(g[k] @ r[0] / np.linalg.norm(g[k]) / np.linalg.norm(r[0])) for k in range(2)]
+        t = enc.clip.text_embeds([item.text]).numpy()[0]
+        clip_t += [float(g[k] @ t / np.linalg.norm(g[k])) for k in range(2)]
+        gen_feats.append(g)
+    assert s_good["dino"] == pytest.approx(np.mean(dino), abs=1e-6)
+    assert s_good["clip_i"] == pytest.approx(np.mean(dino), abs=1e-6)  # same pixel features in the fake
+    assert s_good["clip_t"] == pytest.approx(np.mean(clip_t), abs=1e-6)
+    real = enc.dino.features([load_rgb(p) for p in single_bench.reference_images()]).numpy()
+    assert s_good["fid"] == pytest.approx(metrics.fid_from_features(np.concatenate(gen_feats), real), rel=1e-6)
+    assert s_good["items"][0]["dino"] == pytest.approx(dino[:2], abs=1e-6)
+
+
+def test_multi_subject_score_averages_over_subjects(tmp_path):
+    root = make_bench(tmp_path / "bench")
+    (multi,) = build_benchmarks(BenchmarkConfig(root=str(root), kinds=("multi",), multi_sizes=(2,)))
+    cfg = eval_cfg(chunk_size=2, samples_per_prompt=1)
+    generate_benchmark(multi, CountingGenerator(noise=0), tmp_path / "out", cfg)  # returns subject 0's image
+    s = score(multi, tmp_path / "out", PixelEncoders(), cfg)
+    enc = PixelEncoders()
+    for item, rec in zip(multi.items, s["items"]):
+        refs = [enc.dino.features([load_rgb(p)]).numpy() for p, in item.references]
+        # the image IS subject 0's reference: similarity = mean(1, cos(subject0, subject1))
+        expected = (1.0 + metrics.cosine_matrix(refs[0], refs[1])[0, 0]) / 2
+        assert rec["dino"] == pytest.approx([expected], abs=1e-6)
+
+
+def test_real_tiny_encoders_and_report_files(single_bench, tmp_path):
+    from models.eval_encoders import EvalEncoders
+
+    cfg = eval_cfg(chunk_size=4, samples_per_prompt=2)
+    encoders = EvalEncoders.from_config(cfg)
+    generate_benchmark(single_bench, CountingGenerator(noise=10), tmp_path / "good", cfg)
+    generate_benchmark(single_bench, CountingGenerator(noise=10, wrong_subject=True), tmp_path / "bad", cfg)
+    good = {**score(single_bench, tmp_path / "good", encoders, cfg), "run": "good"}
+    bad = {**score(single_bench, tmp_path / "bad", encoders, cfg), "run": "swapped"}
+    assert good["dino"] > bad["dino"] and good["clip_i"] > bad["clip_i"]
+    assert all(np.isfinite(good[k]) for k in ("dino", "clip_i", "clip_t", "fid"))
+
+    report = write_report([good, bad], tmp_path / "report", cfg.report)
+    assert report.json_path.exists() and report.markdown_path.exists()
+    assert report.markdown_path.read_text() == report.markdown
+    saved = json.loads(report.json_path.read_text())
+    assert saved["rows"] == report.rows
+    assert [(r["Run"], r["Benchmark"], r["Images"]) for r in report.rows] == [("good", "bench-single", 12),
+                                                                             ("swapped", "bench-single", 12)]
+    for row, s in zip(report.rows, (good, bad)):
+        assert (row["DINO"], row["CLIP-I"], row["CLIP-T"], row["FID"]) == (s["dino"], s["clip_i"], s["clip_t"], s["fid"])
+        line = next(ln for ln in report.markdown.splitlines() if ln.startswith(f"| {row['Run']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2:6] == [f"{s['dino']:.3f}", f"{s['clip_i']:.3f}", f"{s['clip_t']:.3f}", f"{s['fid']:.2f}"]
+
+    cell = cfg.report.grid_cell
+    assert len(report.grids) == 2 * min(cfg.report.max_grids, 6)
+    for grid in report.grids:
+        assert grid.exists() and Image.open(grid).size == ((1 + 2) * cell, cell)  # 1 reference | 2 samples
+        assert f"]({grid.relative_to(tmp_path / 'report').as_posix()})" in report.markdown
+    # the grid's first cell is the reference image, scaled into the cell
+    first = Image.open(report.grids[0]).convert("RGB")
+    ref = load_rgb(single_bench.items[0].references[0][0]).resize((cell, cell), Image.Resampling.NEAREST)
+    assert np.abs(np.asarray(first.crop((0, 0, cell, cell)), float) - np.asarray(ref, float)).mean() < 1.0
+    assert re.search(r"FID: Fréchet distance over \*\*clip\*\* features", report.markdown)
