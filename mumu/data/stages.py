@@ -33,6 +33,9 @@ from mumu.data.shards import shard_done, write_manifest, write_shard
 from mumu.data.work import Composed, Entity, InputShard, Item, ShardWork
 
 __all__ = [
+    "InputShard",
+    "ShardWork",
+    "Item",
     "plan_shards",
     "ingest",
     "caption",
@@ -43,6 +46,8 @@ __all__ = [
     "write",
     "shard_done",
     "write_manifest",
+    "run_shard",
+    "run_local",
 ]
 
 

@@ -1,0 +1,144 @@
+"""Compose: exact crops/segments/masks, MUMU vs UNIMO-G prompts, crop rules, text-only share."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_schemas import ImageSegment, TextSegment
+from mumu.config.data import ComposeConfig, EntitiesConfig
+from mumu.data.compose import build_prompts, compose_sample, crop_rules, int_box, is_text_only
+from mumu.data.entities import find_entities
+from mumu.data.oracle import GroundTruth
+from mumu.data.scenes import render_scene
+from mumu.data.work import Entity
+
+EMOJI = Path(__file__).resolve().parent.parent / "mumu" / "samples" / "emoji"
+NO_TEXT_ONLY = ComposeConfig(min_crop_side=8, text_only_share=0.0)
+
+
+def noise_image(w=64, h=48, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def compose(image, caption, entities, masks, cfg=NO_TEXT_ONLY, key="k"):
+    return compose_sample(
+        key=key, source="src", image=image, caption=caption, caption_source="given",
+        entities=entities, masks=masks, cfg=cfg,
+    )
+
+
+def test_int_box_covers_clips_and_rejects_empty():
+    assert int_box((1.2, 2.7, 10.1, 20.0), 64, 48) == (1, 2, 11, 20)
+    assert int_box((-5, -1, 100, 100), 64, 48) == (0, 0, 64, 48)
+    assert int_box((10, 10, 10, 30), 64, 48) is None
+    assert int_box((float("nan"), 0, 5, 5), 64, 48) is None
+
+
+def test_crop_segment_and_mask_pixels_are_exact():
+    image = noise_image()
+    box = (5, 7, 37, 40)
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 8:20] = True
+    mask[0:3, 0:3] = True  # outside the box: in the full mask, not in the segment
+    composed, _ = compose(image, "a dog", [Entity("dog", (2, 5), box, 0.9)], mask[None])
+    src = np.asarray(image)
+    crop = np.asarray(composed.images["crop_0.png"])
+    assert np.array_equal(crop, src[7:40, 5:37])
+    seg = np.asarray(composed.images["segment_0.png"])
+    inside = mask[7:40, 5:37]
+    assert np.array_equal(seg[inside], src[7:40, 5:37][inside])
+    assert (seg[~inside] == 255).all()
+    full = composed.images["mask_0.png"]
+    assert full.mode == "L" and full.size == image.size
+    assert np.array_equal(np.asarray(full), mask.astype(np.uint8) * 255)
+    rec = composed.record.entities[0]
+    assert rec.box == box and rec.char_span == (2, 5) and rec.score == 0.9 and rec.in_prompt
+
+
+def test_mumu_inserts_before_and_unimo_replaces():
+    caption = "a cactus and a hot dog on a blue background"
+    ents = find_entities(caption, EntitiesConfig())
+    assert [e.phrase for e in ents] == ["cactus", "hot dog"]
+    image = noise_image(200, 100)
+    boxed = [Entity(e.phrase, e.span, b, 1.0) for e, b in zip(ents, [(0, 0, 50, 50), (60, 10, 120, 90)])]
+    composed, _ = compose(image, caption, boxed, np.ones((2, 100, 200), bool))
+    r = composed.record
+    assert r.prompt_mumu == [
+        TextSegment(text="a "), ImageSegment(ref="crop_0.png", entity=0), TextSegment(text="cactus and a "),
+        ImageSegment(ref="crop_1.png", entity=1), TextSegment(text="hot dog on a blue background"),
+    ]
+    assert r.prompt_unimo == [
+        TextSegment(text="a "), ImageSegment(ref="segment_0.png", entity=0), TextSegment(text=" and a "),
+        ImageSegment(ref="segment_1.png", entity=1), TextSegment(text=" on a blue background"),
+    ]
+    # MUMU keeps every word: its text segments concatenate back to the caption.
+    assert "".join(s.text for s in r.prompt_mumu if s.type == "text") == caption
+
+
+def test_crop_rules_small_large_and_limit():
+    cfg = ComposeConfig(min_crop_side=10, max_crop_fraction=0.75, max_images_per_prompt=3)
+    boxes = [(0, 0, 9, 50), (0, 0, 100, 80), (0, 0, 20, 20), (0, 0, 30, 30), (10, 10, 40, 40), (0, 0, 50, 50)]
+    # 100x100 image: 9 px side too small; 100x80 = 80% > 75% too large; then 3 kept; the 4th over the limit.
+    assert crop_rules(boxes, 100, 100, cfg) == ["small", "large", "kept", "kept", "kept", "limit"]
+    assert crop_rules([(0, 0, 75, 100)], 100, 100, cfg) == ["kept"]  # exactly 75% is allowed
+    caption = "a dog and a cat"
+    ents = [Entity("dog", (2, 5), (0, 0, 5, 5), 1.0), Entity("cat", (12, 15), (10, 10, 40, 40), 1.0)]
+    composed, counts = compose(noise_image(100, 100), caption, ents, np.ones((2, 100, 100), bool), cfg)
+    assert [e.in_prompt for e in composed.record.entities] == [False, True]
+    assert [s.ref for s in composed.record.prompt_mumu if s.type == "image"] == ["crop_1.png"]
+    assert "crop_0.png" in composed.images  # dropped from the prompt, still in the sample
+    assert counts == {"crops_small": 1, "crops_kept": 1}
+
+
+def test_text_only_share_is_deterministic_and_close_to_configured():
+    keys = [f"{i:016x}" for i in range(4000)]
+    picks = [is_text_only(0, k, 0.1) for k in keys]
+    assert abs(sum(picks) / len(keys) - 0.1) < 0.015
+    assert picks == [is_text_only(0, k, 0.1) for k in reversed(keys)][::-1]  # order-independent
+    assert [is_text_only(1, k, 0.1) for k in keys] != picks  # the seed matters
+    assert not any(is_text_only(0, k, 0.0) for k in keys) and all(is_text_only(0, k, 1.0) for k in keys)
+    key = next(k for k, p in zip(keys, picks) if p)
+    ent = [Entity("dog", (2, 5), (0, 0, 40, 40), 1.0)]
+    composed, counts = compose(noise_image(), "a dog", ent, np.ones((1, 48, 64), bool),
+                               ComposeConfig(min_crop_side=8, text_only_share=0.1), key=key)
+    r = composed.record
+    assert r.text_only and counts["text_only"] == 1
+    assert r.prompt_mumu == r.prompt_unimo == [TextSegment(text="a dog")]
+
+
+def test_bad_masks_are_rejected():
+    with pytest.raises(ValueError, match="masks shape"):
+        compose(noise_image(), "a dog", [Entity("dog", (2, 5), (0, 0, 40, 40), 1.0)], np.ones((1, 10, 10), bool))
+
+
+@pytest.mark.parametrize("seed,overlap", [(3, False), (11, False), (24, True), (30, True)])
+def test_emoji_scenes_compose_to_ground_truth_exactly(seed, overlap):
+    scene = render_scene(EMOJI, seed, n_objects=3 if overlap else None, overlap=overlap)
+    gt = GroundTruth()
+    gt.add_scene(scene)
+    ents = find_entities(scene.caption, EntitiesConfig())
+    assert [e.phrase for e in ents] == [o.name for o in scene.objects]
+    dets = gt.detect([scene.image], [[e.phrase for e in ents]])[0]
+    boxed = [Entity(e.phrase, e.span, int_box(d.box, 256, 256), d.score) for e, d in zip(ents, dets)]
+    masks = gt.segment([scene.image], [[b.box for b in boxed]])[0]
+    composed, _ = compose(scene.image, scene.caption, boxed, masks)
+    src = np.asarray(scene.image)
+    for i, (obj, gt_mask) in enumerate(zip(scene.objects, scene.masks)):
+        x0, y0, x1, y1 = obj.box
+        assert composed.record.entities[i].box == obj.box
+        assert np.array_equal(np.asarray(composed.images[f"crop_{i}.png"]), src[y0:y1, x0:x1])
+        assert np.array_equal(np.asarray(composed.images[f"mask_{i}.png"]) > 0, gt_mask)
+        seg = np.asarray(composed.images[f"segment_{i}.png"])
+        m = gt_mask[y0:y1, x0:x1]
+        assert np.array_equal(seg[m], src[y0:y1, x0:x1][m]) and (seg[~m] == 255).all()
+        # the tight box of the visible mask touches all four sides
+        assert m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any()
+    assert not (scene.masks.sum(axis=0) > 1).any()  # occluded pixels belong to the top object only
+    assert any(o.visible < 1.0 for o in scene.objects) == overlap
+
+
+def test_build_prompts_without_entities_is_the_caption():
+    mumu, unimo = build_prompts("just words", [], {})
+    assert mumu == unimo == [TextSegment(text="just words")]
