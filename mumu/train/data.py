@@ -1,0 +1,420 @@
+"""Training examples streamed from the data stage's webdataset shards.
+
+Pipeline of one *slot* (a (rank, loader worker) pair), built from webdataset's pieces:
+    ResampledShards (seeded, infinite) -> this slot's share of the draws -> tar members (ours: png/jpg/json
+    only) -> shuffle buffer (seeded) -> decode + validate (own handlers, never pickle) -> batches
+    -> per-sample view (text / MUMU / UNIMO prompt, text-only conversion, crop augmentation).
+
+Determinism and resume: every random choice is seeded. Shard draws come from one sequence fixed by
+`seed` and are dealt round-robin to the world_size * max(1, loader_workers) slots; the shuffle buffer
+of a slot is seeded by (seed, rank, slot); the view of a sample (text-only coin, augmentation) by
+(seed, rank, slot, index of the sample in the slot). Global batch g of a rank comes from slot g % W
+(W workers; torch's DataLoader hands out worker batches round-robin, in order) as that slot's batch
+g // W. A resumed stream (start_step=s) starts DataLoader worker j as slot (s + j) % W and fast-forwards
+it by (s + j) // W batches: it reads and validates the skipped samples (validity decides batch
+membership) but builds no views. The stream is therefore a function of (shards, stage, seed, rank,
+world_size, loader_workers): change the worker count and you get a different (equally valid) stream.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import glob
+import io
+import itertools
+import json
+import os
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_schemas.sample import SCHEMA_VERSION, ImageSegment, SampleRecord
+from mumu.config.train import StageConfig
+from mumu.errors import UserError
+from mumu.train.augment import augment_prompt_images
+
+# Shard draws / samples in a row that give no valid example before the stream gives up: the shards are
+# resampled forever, so an all-bad or empty dataset would otherwise loop forever.
+MAX_CONSECUTIVE_FAILURES = 500
+_MAX_REASONS = 100  # reasons kept in LoaderStats (counts stay exact)
+
+
+@dataclass
+class Example:
+    key: str
+    prompt: list[str | Image.Image]  # ordered text / image segments
+    image: Image.Image  # target, RGB
+    entity_masks: list[np.ndarray]  # bool HxW at the target's size, one per image segment of prompt, in order
+
+
+@dataclass
+class LoaderStats:
+    samples: int = 0  # valid samples delivered in batches
+    fast_forwarded: int = 0  # valid samples read only to reach start_step
+    skipped_samples: int = 0  # samples dropped as undecodable / inconsistent
+    shards_opened: int = 0
+    text_only: int = 0  # delivered examples whose prompt is the caption alone (mumu/unimo modes)
+    text_only_converted: int = 0  # ... of which converted by the text_only_share coin
+    augmented_images: int = 0
+    bad_shards: dict[str, str] = field(default_factory=dict)  # url -> first reason it failed to read
+    skip_reasons: list[str] = field(default_factory=list)  # first _MAX_REASONS "<shard>#<key>: reason"
+
+    def reset(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+
+    def merge(self, other: LoaderStats) -> None:
+        for f in dataclasses.fields(self):
+            if f.type == "int":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for url, reason in other.bad_shards.items():
+            self.bad_shards.setdefault(url, reason)
+        self.skip_reasons.extend(other.skip_reasons[: _MAX_REASONS - len(self.skip_reasons)])
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def _decode_image(data: bytes) -> Image.Image:
+    # Only the formats the data stage writes: no exotic PIL decoders on shard bytes, and a fast "no".
+    try:
+        image = Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
+    except Image.UnidentifiedImageError:
+        raise ValueError("not a PNG or JPEG image") from None
+    image.load()  # decode now, so a corrupt member fails here and not inside the trainer
+    return image
+
+
+# Our handlers only. webdataset's default post-handlers (basichandlers) unpickle .pyd/.pickle members and
+# its pre-handler gunzips: both are switched off with pre=[] / post=[]; other members stay raw bytes.
+DECODER = wds.Decoder(
+    [wds.handle_extension("png jpg jpeg", _decode_image), wds.handle_extension("json", json.loads)],
+    pre=[],
+    post=[],
+)
+
+_IMAGE_MEMBER = re.compile(r"\.(png|jpe?g)$", re.IGNORECASE)
+
+
+def _member_selector(prompt_mode: str):
+    """Which tar members to read at all (others are skipped unread, e.g. a .pyd)."""
+
+    def select(fname: str) -> bool:
+        suffix = os.path.basename(fname).partition(".")[2].lower()
+        if suffix == "json":
+            return True
+        if not _IMAGE_MEMBER.search(suffix):
+            return False
+        # The data stage names crops crop_<i>.png and segments segment_<i>.png; each mode needs one kind.
+        skip = {"text": ("crop_", "segment_", "mask_"), "mumu": ("segment_",), "unimo": ("crop_",)}[prompt_mode]
+        return not suffix.startswith(skip)
+
+    return select
+
+
+class _BadSample(Exception):
+    pass
+
+
+@dataclass
+class _Decoded:
+    key: str
+    caption: str
+    text_only: bool
+    image: Image.Image
+    segments: list[str | tuple[Image.Image, np.ndarray]]  # text, or (prompt image, entity mask)
+
+
+def _decode_sample(raw: dict, prompt_mode: str) -> _Decoded:
+    def member(name: str):
+        name = name.lower()
+        if name not in raw:
+            raise _BadSample(f"missing member {name}")
+        try:
+            return DECODER.decode({name: raw[name]})[name]
+        except wds.DecodingError as exn:
+            cause = exn.__cause__ or exn
+            raise _BadSample(f"{name}: {type(cause).__name__}: {cause}") from None
+
+    try:
+        record = SampleRecord.model_validate(member("json"))
+    except ValueError as exn:  # pydantic's ValidationError is a ValueError
+        raise _BadSample(f"json: {str(exn).splitlines()[0]}") from None
+    if record.schema_version != SCHEMA_VERSION:
+        raise _BadSample(f"schema_version {record.schema_version}, this loader reads {SCHEMA_VERSION}")
+    target = member(record.image).convert("RGB")
+    segments: list[str | tuple[Image.Image, np.ndarray]] = [record.caption]
+    if prompt_mode != "text" and not record.text_only:
+        segments = []
+        for seg in record.prompt_mumu if prompt_mode == "mumu" else record.prompt_unimo:
+            if not isinstance(seg, ImageSegment):
+                segments.append(seg.text)
+                continue
+            if not 0 <= seg.entity < len(record.entities):
+                raise _BadSample(f"image segment {seg.ref} names entity {seg.entity} of {len(record.entities)}")
+            mask = np.asarray(member(record.entities[seg.entity].mask).convert("L")) > 127
+            if mask.shape != (target.height, target.width):
+                raise _BadSample(f"mask {mask.shape[::-1]} is not the target's size {target.size}")
+            segments.append((member(seg.ref).convert("RGB"), mask))
+    return _Decoded(record.key, record.caption, record.text_only, target, segments)
+
+
+# ------------------------------------------------------------------------------------------ one slot
+
+
+class _Guard:
+    """Counts shard draws / samples in a row that gave nothing usable; raises UserError past the bound."""
+
+    def __init__(self, limit: int, n_urls: int, stats: LoaderStats):
+        self.limit, self.n_urls, self.stats, self.failures = limit, n_urls, stats, 0
+
+    def ok(self) -> None:
+        self.failures = 0
+
+    def fail(self) -> None:
+        self.failures += 1
+        if self.failures >= self.limit:
+            s = self.stats
+            first = next(iter(s.bad_shards.values()), None) or (s.skip_reasons[0] if s.skip_reasons else "")
+            raise UserError(
+                f"no usable training sample in {self.limit} shard reads/samples in a row from {self.n_urls} "
+                f"shard(s) ({len(s.bad_shards)} unreadable shard(s), {s.skipped_samples} bad sample(s), "
+                f"the rest empty){'; first problem: ' + first if first else ''}"
+            )
+
+
+def _note(stats: LoaderStats, reason: str) -> None:
+    if len(stats.skip_reasons) < _MAX_REASONS:
+        stats.skip_reasons.append(reason[:300])
+
+
+class _EndCheck:
+    """Wraps a shard's byte stream to tell whether the tar reached its end-of-archive marker.
+
+    Python's streaming tarfile (which webdataset uses) ends *silently* when a shard is cut inside a
+    header or at a block boundary - about a quarter of the cut points - so a truncated shard would look
+    complete. A whole tar ends with zero blocks: the shard is complete if tarfile stopped before the
+    physical end (it only stops early on a zero block) or the last whole 512-byte block read is zeros.
+    (A shard cut right after a 512-byte run of zeros inside a member would pass; PNG/JPEG/JSON have none.)
+    """
+
+    def __init__(self, raw):
+        self.raw, self.total, self.eof, self.tail = raw, 0, False, b""
+
+    def read(self, n=-1):
+        data = self.raw.read(n)
+        if not data or n is None or n < 0 or len(data) < n:
+            self.eof = True
+        self.total += len(data)
+        self.tail = (self.tail + data)[-1536:]
+        return data
+
+    def complete(self) -> bool:
+        if not self.eof:
+            return True
+        block_end = self.total // 512 * 512 - (self.total - len(self.tail))  # in tail coordinates
+        return block_end >= 512 and self.tail[block_end - 512 : block_end] == bytes(512)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _read_shards(draws, prompt_mode: str, stats: LoaderStats, guard: _Guard):
+    """Raw samples of each drawn shard; a read error ends that shard (its earlier, complete samples stay)."""
+    select = _member_selector(prompt_mode)
+    for draw in draws:
+        url, failed = draw["url"], []
+
+        def bad_shard(exn: Exception, url=url, failed=failed) -> bool:
+            failed.append(1)
+            message = str(exn.args[0]) if exn.args else ""
+            stats.bad_shards.setdefault(url, f"{type(exn).__name__}: {message}"[:300])
+            return True  # keep streaming: skip the rest of this shard
+
+        stats.shards_opened += 1
+        n = 0
+        try:
+            stream = _EndCheck(wds.gopen(url))
+        except Exception as exn:  # unreadable path or url: same as a shard that fails later
+            bad_shard(exn)
+            guard.fail()
+            continue
+        try:
+            files = wds.tariterators.tar_file_expander([dict(url=url, stream=stream)], handler=bad_shard,
+                                                       select_files=select)
+            for raw in wds.tariterators.group_by_keys(files, handler=bad_shard):
+                n += 1
+                yield raw
+        finally:
+            stream.close()
+        if not failed and not stream.complete():
+            bad_shard(EOFError(f"truncated tar: no end-of-archive marker after {stream.total} bytes"))
+        if n == 0:
+            guard.fail()
+
+
+def _decode_valid(raws, prompt_mode: str, stats: LoaderStats, guard: _Guard):
+    for raw in raws:
+        try:
+            decoded = _decode_sample(raw, prompt_mode)
+        except _BadSample as exn:
+            stats.skipped_samples += 1
+            _note(stats, f"{os.path.basename(str(raw.get('__url__')))}#{raw.get('__key__')}: {exn}")
+            guard.fail()
+            continue
+        guard.ok()
+        yield decoded
+
+
+def _view(d: _Decoded, stage: StageConfig, rng: np.random.Generator, stats: LoaderStats) -> Example:
+    to_text = rng.random() < stage.text_only_share  # always drawn: keeps later draws independent of mode
+    if stage.prompt_mode == "text" or d.text_only or to_text:
+        if stage.prompt_mode != "text":
+            stats.text_only += 1
+            stats.text_only_converted += int(to_text and not d.text_only)
+        return Example(d.key, [d.caption], d.image, [])
+    prompt = [s if isinstance(s, str) else s[0] for s in d.segments]
+    masks = [s[1] for s in d.segments if not isinstance(s, str)]
+    prompt, n_aug = augment_prompt_images(prompt, stage.augment, rng)
+    stats.augmented_images += n_aug
+    return Example(d.key, prompt, d.image, masks)
+
+
+def _zero_worker_seed() -> int:
+    return 0  # every slot draws from the same shard sequence; slots take disjoint draws of it
+
+
+class _SlotStream(IterableDataset):
+    """Yields (batch | None, stats delta, error | None); one copy runs in each DataLoader worker."""
+
+    def __init__(self, urls, stage: StageConfig, seed: int, start_step: int, rank: int, world_size: int,
+                 max_failures: int):
+        super().__init__()
+        self.urls, self.stage, self.seed, self.start_step = urls, stage, seed, start_step
+        self.rank, self.world_size, self.max_failures = rank, world_size, max_failures
+        self.n_workers = max(1, stage.loader_workers)
+
+    def slot(self) -> tuple[int, int]:
+        """(logical worker, batches to fast-forward) of the current process."""
+        info = get_worker_info()
+        j = 0 if info is None else info.id
+        return (self.start_step + j) % self.n_workers, (self.start_step + j) // self.n_workers
+
+    def __iter__(self):
+        stats = LoaderStats()
+        try:
+            for batch in self._batches(stats):
+                # A copy: a worker pickles what it yields in a background thread, after we move on.
+                yield batch, copy.deepcopy(stats), None
+                stats.reset()
+        except UserError as exn:  # re-raised by the consumer: a worker's traceback would not be one line
+            yield None, copy.deepcopy(stats), str(exn)
+
+    def _batches(self, stats: LoaderStats):
+        stage = self.stage
+        worker, skip = self.slot()
+        n_slots = self.world_size * self.n_workers
+        guard = _Guard(self.max_failures, len(self.urls), stats)
+        pipeline = wds.DataPipeline(
+            lambda: slot_shard_draws(self.urls, self.seed, self.rank * self.n_workers + worker, n_slots),
+            lambda draws: _read_shards(draws, stage.prompt_mode, stats, guard),
+            wds.shuffle(max(1, stage.shuffle_buffer), initial=max(1, stage.shuffle_buffer),
+                        rng=random.Random(_seed(self.seed, "shuffle", self.rank, worker))),
+            lambda raws: _decode_valid(raws, stage.prompt_mode, stats, guard),
+            wds.batched(stage.batch_size, collation_fn=None, partial=False),
+        )
+        view_seed = _seed(self.seed, "view", self.rank, worker)
+        for b, decoded in enumerate(pipeline):
+            if b < skip:
+                stats.fast_forwarded += len(decoded)
+                continue
+            batch = []
+            for i, d in enumerate(decoded):
+                rng = np.random.default_rng([view_seed, b * stage.batch_size + i])
+                batch.append(_view(d, stage, rng, stats))
+            stats.samples += len(batch)
+            yield batch
+
+
+def _seed(seed: int, *parts) -> int:
+    """A 63-bit seed from the run seed and labels (stable across processes, unlike hash() of a str)."""
+    words = [seed] + [p if isinstance(p, int) else int.from_bytes(str(p).encode()[:8], "little") for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(2, np.uint64)[0] >> 1)
+
+
+def slot_shard_draws(urls: list[str], seed: int, slot: int, n_slots: int) -> Iterator[dict]:
+    """Slot `slot`'s share (every n_slots-th draw) of the one seeded, infinite shard-resampling sequence.
+
+    This is webdataset's split_by_node/split_by_worker applied to ResampledShards, with rank and worker
+    passed explicitly: webdataset's splitters read them from the environment / torch.distributed.
+    """
+    draws = wds.ResampledShards(urls, seed=_seed(seed, "shards"), deterministic=True, worker_seed=_zero_worker_seed)
+    return itertools.islice(iter(draws), slot, None, n_slots)
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+
+def expand_shard_urls(shard_urls: list[str]) -> list[str]:
+    """Brace-expand urls, list *.tar in directories, and check that local shards exist (UserError if not)."""
+    urls: list[str] = []
+    for url in shard_urls:
+        for u in wds.shardlists.expand_urls(str(url)):
+            if os.path.isdir(u):
+                urls.extend(sorted(glob.glob(os.path.join(u, "*.tar"))))
+            else:
+                urls.append(u)
+    if not urls:
+        raise UserError(f"no training shards found at {', '.join(map(str, shard_urls)) or '(no paths given)'}")
+    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.isfile(u)]
+    if missing:
+        raise UserError(f"training shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return urls
+
+
+def _identity(x):
+    return x
+
+
+def iterate_examples(
+    shard_urls: list[str],
+    stage: StageConfig,
+    seed: int,
+    start_step: int = 0,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    stats: LoaderStats | None = None,
+    max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES,
+) -> Iterator[list[Example]]:
+    """Endless batches of `stage.batch_size` examples for this rank; batch k is global step start_step + k.
+
+    Bad shards / samples are skipped and counted in `stats`; nothing usable at all raises UserError.
+    """
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is outside world_size {world_size}")
+    if start_step < 0 or stage.batch_size < 1:
+        raise UserError(f"start_step ({start_step}) must be >= 0 and batch_size ({stage.batch_size}) >= 1")
+    urls = expand_shard_urls(shard_urls)
+    stats = stats if stats is not None else LoaderStats()
+    dataset = _SlotStream(urls, stage, seed, start_step, rank, world_size, max_consecutive_failures)
+    if stage.loader_workers > 0:
+        source = iter(DataLoader(dataset, batch_size=None, num_workers=stage.loader_workers,
+                                 collate_fn=_identity, prefetch_factor=2))
+    else:
+        source = iter(dataset)
+    try:
+        for batch, delta, error in source:
+            stats.merge(delta)
+            if error is not None:
+                raise UserError(error)
+            yield batch
+    finally:
+        del source  # shuts DataLoader workers down when the consumer stops early
