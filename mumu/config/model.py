@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mumu.config.base import ModelSource, StrictModel
 
@@ -26,7 +26,23 @@ class EncoderConfig(StrictModel):
     freeze_vision: bool = True
     train_language_model: Literal["frozen", "lora", "full"] = "lora"
     lora: LoraConfig = LoraConfig(enabled=True)
+    # LoRA also on the modality projection (vision patch features -> LM width) when training with LoRA:
+    # with the resampler bypassed it is the only trainable path from pixels into the prompt.
+    lora_projector: bool = True
+    # Longest prompt in tokens (image tokens included). Longer prompts are cut at a segment boundary:
+    # an image whose tokens would be cut is dropped whole, with its entity mask.
     max_text_tokens: int = 256
+    # Which side prompts are padded on in a batch; position ids follow the attention mask, so both
+    # sides give the same hidden states for the real tokens.
+    padding_side: Literal["left", "right"] = "right"
+
+    @model_validator(mode="after")
+    def _lora_consistent(self) -> "EncoderConfig":
+        if self.lora.enabled != (self.train_language_model == "lora"):
+            raise ValueError("encoder.lora.enabled must be true exactly when train_language_model is 'lora'")
+        if self.bypass_resampler and round(self.image_tokens**0.5) ** 2 != self.image_tokens:
+            raise ValueError("encoder.image_tokens must be a square number (pooled to a sqrt x sqrt grid)")
+        return self
 
 
 class ConnectorConfig(StrictModel):
@@ -50,6 +66,12 @@ class DecoderConfig(StrictModel):
     beta_end: float = 0.012
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _lora_consistent(self) -> "DecoderConfig":
+        if self.lora.enabled != (self.train == "lora"):
+            raise ValueError("decoder.lora.enabled must be true exactly when train is 'lora'")
+        return self
 
 
 class ModelConfig(StrictModel):

@@ -1,0 +1,241 @@
+"""Prompt encoder: Idefics2 reads an interleaved prompt (text + image crops) -> per-token hidden states.
+
+Tokenization goes through the Idefics2 processor (it expands each `<image>` into
+`<fake_token_around_image> <image>*image_seq_len <fake_token_around_image>`); images go through its
+image processor with image splitting off (one crop = one image = one entity). Bookkeeping of which
+positions belong to which image is read back from the runs of `<image>` ids.
+
+MUMU's `bypass_resampler`: the perceiver resampler (64 learned latents that mix all patches) is skipped.
+Each image keeps `image_tokens` = n*n tokens: SigLIP patch features -> Idefics2's modality projection
+(per patch, to the LM width) -> adaptive average pooling of the image's *valid* patch grid (padding
+patches excluded) to an n x n grid, read row-major. So every token is a spatial region of the crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mumu.config.model import EncoderConfig
+from mumu.errors import UserError
+from models.hf import build_idefics2
+
+Prompt = list  # list[str | PIL.Image.Image]
+
+
+@dataclass
+class PromptTokens:
+    input_ids: torch.Tensor  # [B, L] long
+    attention_mask: torch.Tensor  # [B, L] long (1 = real token)
+    pixel_values: torch.Tensor | None  # [N, 3, H, W] kept images, prompt order, batch order
+    pixel_attention_mask: torch.Tensor | None  # [N, H, W] bool
+    entity_token_mask: torch.Tensor  # [B, K, L] bool: the image tokens of entity k of sample b
+    entity_valid: torch.Tensor  # [B, K] bool
+    kept: list[list[int]] = field(default_factory=list)  # per sample: indices of its image segments kept
+    dropped: int = 0  # images dropped by truncation
+
+    def to(self, device) -> "PromptTokens":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return PromptTokens(move(self.input_ids), move(self.attention_mask), move(self.pixel_values),
+                            move(self.pixel_attention_mask), move(self.entity_token_mask),
+                            move(self.entity_valid), self.kept, self.dropped)
+
+
+def _image_runs(ids: list[int], image_id: int) -> list[tuple[int, int]]:
+    """[start, end) of each maximal run of image ids."""
+    runs, i = [], 0
+    while i < len(ids):
+        if ids[i] == image_id:
+            j = i
+            while j < len(ids) and ids[j] == image_id:
+                j += 1
+            runs.append((i, j))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
+def truncate_at_segment(ids: list[int], runs: list[tuple[int, int]], limit: int, image_id: int):
+    """Cut `ids` to at most `limit` tokens without cutting an image: an image whose tokens (or closing
+    boundary token) would be cut is dropped whole, and so is everything after it.
+    Returns (ids, number of images kept)."""
+    if len(ids) <= limit:
+        return ids, len(runs)
+    cut = limit
+    for k, (start, end) in enumerate(runs):
+        if end < cut:  # tokens and closing boundary (at `end`) fit
+            continue
+        if start >= 1 + cut:  # starts after the cut: already gone
+            return ids[:cut], k
+        cut = start - 1  # before the image's opening boundary token...
+        if cut >= 1 and ids[cut - 1] == image_id:  # ...unless it is the previous image's closing one
+            cut += 1
+        return ids[:cut], k
+    return ids[:cut], len(runs)
+
+
+class PromptEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig, model=None, processor=None):
+        super().__init__()
+        from transformers import Idefics2Model
+
+        self.cfg = cfg
+        if model is None:
+            model, processor = build_idefics2(cfg.model, model_cls=Idefics2Model)
+        self.model, self.processor = model, processor
+        # One crop is one entity: no 4+1 splitting; with the resampler bypassed each image is
+        # `image_tokens` pooled tokens, so the processor must emit that many.
+        self.processor.image_processor.do_image_splitting = False
+        if cfg.bypass_resampler:
+            self.processor.image_seq_len = cfg.image_tokens
+        self.image_seq_len = self.processor.image_seq_len
+        tok = self.processor.tokenizer
+        self.image_token_id = tok.convert_tokens_to_ids(self.processor.image_token)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.fallback_id = tok.bos_token_id if tok.bos_token_id is not None else self.pad_id
+        self._setup_trainable()
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.text_config.hidden_size)
+
+    def lora_target_regex(self) -> str:
+        mods = "|".join(self.cfg.lora.target_modules)
+        regex = rf"text_model\..*\.({mods})"
+        if self.cfg.lora_projector:
+            regex = rf"({regex}|connector\.modality_projection\.(gate_proj|up_proj|down_proj))"
+        return regex
+
+    def _setup_trainable(self) -> None:
+        mode = self.cfg.train_language_model
+        self.model.requires_grad_(False)
+        if mode == "full":
+            self.model.text_model.requires_grad_(True)
+            self.model.connector.requires_grad_(True)
+        elif mode == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            lora = self.cfg.lora
+            inject_adapter_in_model(
+                LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                           target_modules=self.lora_target_regex()),
+                self.model,
+            )
+            for name, p in self.model.named_parameters():
+                p.requires_grad_("lora_" in name)
+        if not self.cfg.freeze_vision:
+            self.model.vision_model.requires_grad_(True)
+
+    # --- tokenization + bookkeeping ---------------------------------------------------------------------
+    def tokenize(self, prompts: list[Prompt]) -> PromptTokens:
+        texts, images = [], []
+        for prompt in prompts:
+            parts, imgs = [], []
+            for seg in prompt:
+                if isinstance(seg, str):
+                    if seg.strip():
+                        parts.append(seg.strip())
+                elif isinstance(seg, PIL.Image.Image):
+                    parts.append(self.processor.image_token)
+                    imgs.append(seg)
+                else:
+                    raise UserError(f"prompt segment must be text or a PIL image, not {type(seg).__name__}")
+            texts.append(" ".join(parts))
+            images.append(imgs)
+        encoded = self.processor(text=texts, padding=False)["input_ids"]
+        limit = self.cfg.max_text_tokens
+        rows, spans, kept, dropped = [], [], [], 0
+        for ids, imgs in zip(encoded, images):
+            ids = list(ids)
+            runs = _image_runs(ids, self.image_token_id)
+            if len(runs) != len(imgs) or any(e - s != self.image_seq_len for s, e in runs):
+                raise ValueError(f"expected {len(imgs)} runs of {self.image_seq_len} image tokens, found {runs}")
+            ids, n_keep = truncate_at_segment(ids, runs, limit, self.image_token_id)
+            dropped += len(runs) - n_keep
+            ids = ids or [self.fallback_id]  # the empty prompt (CFG) still needs one position
+            rows.append(ids)
+            spans.append(runs[:n_keep])
+            kept.append(list(range(n_keep)))
+        batch, length, k_max = len(rows), max(len(r) for r in rows), max(len(s) for s in spans)
+        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        entity_token_mask = torch.zeros((batch, k_max, length), dtype=torch.bool)
+        entity_valid = torch.zeros((batch, k_max), dtype=torch.bool)
+        for b, (ids, runs) in enumerate(zip(rows, spans)):
+            off = length - len(ids) if self.cfg.padding_side == "left" else 0
+            input_ids[b, off:off + len(ids)] = torch.tensor(ids)
+            attention_mask[b, off:off + len(ids)] = 1
+            for k, (s, e) in enumerate(runs):
+                entity_token_mask[b, k, off + s:off + e] = True
+                entity_valid[b, k] = True
+        flat = [images[b][i] for b in range(batch) for i in kept[b]]
+        pixel_values = pixel_mask = None
+        if flat:
+            out = self.processor.image_processor([[im.convert("RGB")] for im in flat], return_tensors="pt")
+            pixel_values = out["pixel_values"][:, 0]
+            pam = out.get("pixel_attention_mask")
+            pixel_mask = (pam[:, 0] if pam is not None else torch.ones_like(pixel_values[:, 0])).bool()
+        return PromptTokens(input_ids, attention_mask, pixel_values, pixel_mask, entity_token_mask,
+                            entity_valid, kept, dropped)
+
+    # --- forward ------------------------------------------------------------------------------------------
+    def image_features(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> [N, image_seq_len, D] in the LM's embedding space."""
+        ps = self.model.config.vision_config.patch_size
+        grid = pixel_mask.unfold(1, ps, ps).unfold(2, ps, ps)
+        patch_mask = grid.sum(dim=(-1, -2)) == ps * ps  # [N, Hp, Wp]: fully-real patches
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_vision):
+            vis = self.model.vision_model(
+                pixel_values=pixel_values.to(self.model.dtype), patch_attention_mask=patch_mask
+            ).last_hidden_state
+        if not self.cfg.bypass_resampler:
+            return self.model.connector(vis, attention_mask=patch_mask.view(vis.shape[0], -1))
+        proj = self.model.connector.modality_projection(vis)  # [N, Hp*Wp, D]
+        n_side = round(self.image_seq_len**0.5)
+        n, hp, wp = patch_mask.shape
+        out = []
+        for i in range(n):
+            rows, cols = int(patch_mask[i, :, 0].sum()), int(patch_mask[i, 0, :].sum())  # padding is bottom/right
+            g = proj[i].view(hp, wp, -1)[:rows, :cols].permute(2, 0, 1)
+            out.append(F.adaptive_avg_pool2d(g, n_side).flatten(1).transpose(0, 1))
+        return torch.stack(out)
+
+    def forward(self, tokens: PromptTokens) -> torch.Tensor:
+        ids, mask = tokens.input_ids, tokens.attention_mask
+        embeds = self.model.get_input_embeddings()(ids)
+        if tokens.pixel_values is not None:
+            feats = self.image_features(tokens.pixel_values, tokens.pixel_attention_mask)
+            embeds = self.model.inputs_merger(ids, embeds, feats.reshape(-1, feats.shape[-1]))
+        # Positions follow the mask, so left padding does not shift the real tokens' positions.
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model.text_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                                    use_cache=False)
+        return out.last_hidden_state
+
+    # --- persistence ---------------------------------------------------------------------------------------
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """The Idefics2 weights without LoRA layers, under the plain model's names."""
+        out = {}
+        for k, v in self.model.state_dict().items():
+            if "lora_" in k:
+                continue
+            out[k.replace(".base_layer.", ".")] = v
+        return out
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model)
+
+    def load_lora_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, sd)
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if result.unexpected_keys or missing:
+            raise ValueError(f"encoder LoRA weights do not match: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
