@@ -72,7 +72,7 @@ class LoaderStats:
 
     def merge(self, other: LoaderStats) -> None:
         for f in dataclasses.fields(self):
-            if f.type == "int":
+            if isinstance(getattr(self, f.name), int):
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         for url, reason in other.bad_shards.items():
             self.bad_shards.setdefault(url, reason)
