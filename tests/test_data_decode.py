@@ -98,3 +98,14 @@ def test_large_images_are_downscaled_keeping_aspect():
     assert out.size == (64, 32) and out.getpixel((30, 15)) == (10, 20, 30)
     same = decode_image(encode(Image.new("RGB", (30, 20), (1, 2, 3))), CFG)
     assert same.size == (30, 20)
+
+
+def test_32bit_and_float_modes_are_scaled_not_clipped():
+    arr = np.zeros((10, 10), np.int32)
+    arr[0, 0], arr[1, 1] = 65535, 257 * 50  # "I" holding 16-bit data: scaled by 1/257
+    out = decode_image(encode(Image.fromarray(arr, mode="I"), "TIFF"), CFG)
+    assert out.getpixel((0, 0)) == (255, 255, 255) and out.getpixel((1, 1)) == (50, 50, 50)
+    small = np.full((10, 10), 200, np.int32)  # "I" within 8-bit range: kept as is
+    assert decode_image(encode(Image.fromarray(small, mode="I"), "TIFF"), CFG).getpixel((3, 3)) == (200, 200, 200)
+    f = np.full((10, 10), 0.5, np.float32)  # "F" in [0, 1]: scaled to [0, 255]
+    assert decode_image(encode(Image.fromarray(f, mode="F"), "TIFF"), CFG).getpixel((3, 3)) == (128, 128, 128)

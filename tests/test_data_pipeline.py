@@ -301,6 +301,8 @@ def test_webdataset_tar_inputs_with_txt_and_json_captions(tmp_path):
     assert [r.source for r in shards[0].refs] == ["in.tar#000.jpg", "in.tar#001.png", "in.tar#002.png"]
     work = stages.ingest(shards[0], CFG.ingest)
     assert [it.caption for it in work.items] == [None, scenes[1].caption, scenes[2].caption]
+    small = stages.ingest(shards[0], CFG.ingest.model_copy(update={"max_file_bytes": 1000}))
+    assert {q.reason.split(" (")[0] for q in small.quarantined} == {"file too large"} and not small.items
     work = stages.caption(work, SceneCaptioner({}))  # the JPEG-recompressed scene gets "" → quarantined
     assert [q.source for q in work.quarantined] == ["in.tar#000.jpg"]
     work = stages.segment(stages.detect(stages.find_entities(work, CFG.entities), gt), gt)

@@ -15,13 +15,14 @@ class IngestConfig(StrictModel):
     min_side: int = 32  # smaller images are quarantined
     max_side: int = 1024  # larger images are downscaled (aspect kept) after decoding
     min_file_bytes: int = 1
+    max_file_bytes: int = 200_000_000  # larger files are quarantined without being read into memory
 
 
 class CaptionConfig(StrictModel):
     model: ModelSource
-    prompt: str = "Describe this image in one sentence."
-    max_new_tokens: int = 40
-    batch_size: int = 8
+    prompt: str = Field("Describe this image in one sentence.", min_length=1)
+    max_new_tokens: int = Field(40, ge=1)
+    batch_size: int = Field(8, ge=1)
 
 
 class EntitiesConfig(StrictModel):
@@ -44,17 +45,19 @@ class EntitiesConfig(StrictModel):
 
 class DetectConfig(StrictModel):
     model: ModelSource
-    box_threshold: float = 0.35
-    text_threshold: float = 0.25
-    nms_iou: float = 0.5
-    max_boxes_per_phrase: int = 1
-    batch_size: int = 8
+    # A box is kept for a phrase when the max sigmoid over the phrase's tokens is >= both thresholds
+    # (models/detector.py explains how this maps onto Grounding DINO's box/text thresholds).
+    box_threshold: float = Field(0.35, ge=0.0, le=1.0)
+    text_threshold: float = Field(0.25, ge=0.0, le=1.0)
+    nms_iou: float = Field(0.5, ge=0.0, le=1.0)  # per phrase: drop boxes overlapping a better one by more
+    max_boxes_per_phrase: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
 
 
 class SegmentConfig(StrictModel):
     model: ModelSource
-    mask_threshold: float = 0.0
-    batch_size: int = 8
+    mask_threshold: float = 0.0  # on SAM's mask logits (0.0 = probability 0.5)
+    batch_size: int = Field(8, ge=1)  # images per image-encoder forward
 
 
 class ComposeConfig(StrictModel):

@@ -159,9 +159,16 @@ def _caption_from_member(data: bytes, member: str) -> str | None:
     return text.strip() or None
 
 
-def read_refs(refs: Iterable[InputRef]) -> Iterable[tuple[InputRef, bytes | None, str | None, str | None]]:
-    """Yield (ref, image bytes, caption, error) per ref, opening each tar once for all its members."""
+def read_refs(
+    refs: Iterable[InputRef], max_bytes: int | None = None
+) -> Iterable[tuple[InputRef, bytes | None, str | None, str | None]]:
+    """Yield (ref, image bytes, caption, error) per ref, opening each tar once for all its members.
+    Files over `max_bytes` are refused from their size alone, before anything is read."""
     open_tars: dict[str, tarfile.TarFile] = {}
+
+    def too_big(size: int) -> str | None:
+        return f"file too large ({size} bytes > {max_bytes})" if max_bytes is not None and size > max_bytes else None
+
     try:
         for ref in refs:
             if ref.error is not None:
@@ -169,9 +176,15 @@ def read_refs(refs: Iterable[InputRef]) -> Iterable[tuple[InputRef, bytes | None
                 continue
             try:
                 if ref.member is None:
-                    yield ref, Path(ref.path).read_bytes(), ref.caption, None
+                    if err := too_big(Path(ref.path).stat().st_size):
+                        yield ref, None, None, err
+                    else:
+                        yield ref, Path(ref.path).read_bytes(), ref.caption, None
                     continue
                 tf = open_tars.get(ref.path) or open_tars.setdefault(ref.path, tarfile.open(ref.path, "r:*"))
+                if err := too_big(tf.getmember(ref.member).size):
+                    yield ref, None, None, err
+                    continue
                 data = tf.extractfile(ref.member).read()
                 caption = None
                 if ref.caption_member:

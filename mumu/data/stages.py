@@ -89,7 +89,7 @@ def ingest(shard: InputShard, cfg: IngestConfig) -> ShardWork:
     """Read and decode every planned input; bad ones go to quarantine with the decoder's reason."""
     work = ShardWork(shard=shard.index, inputs=len(shard.refs), items=(), plan_sha256=shard.plan_sha256)
     items, bad = [], []
-    for ref, data, given, error in read_refs(shard.refs):
+    for ref, data, given, error in read_refs(shard.refs, cfg.max_file_bytes):
         if error is None:
             try:
                 image = decode_image(data, cfg)
