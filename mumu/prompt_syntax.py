@@ -38,7 +38,8 @@ def load_image(path: str | Path, base_dir: str | Path | None = None) -> Image.Im
             image = ImageOps.exif_transpose(opened)
             image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exn:
-        raise UserError(f"prompt image {full} cannot be read: {str(exn).splitlines()[0] if str(exn) else type(exn).__name__}") from None
+        reason = str(exn).splitlines()[0] if str(exn) else type(exn).__name__
+        raise UserError(f"prompt image {full} cannot be read: {reason}") from None
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -111,7 +112,9 @@ def parse_json(data: str | list, base_dir: str | Path | None = None) -> Prompt:
         model = {"text": _Text, "image": _Image}.get(kind) if isinstance(kind, str) else None
         if model is None:
             what = f"type {kind!r}" if isinstance(item, dict) else f"a {type(item).__name__}"
-            raise UserError(f"prompt segment {i}: unknown segment {what} (expected an object with type 'text' or 'image')")
+            raise UserError(
+                f"prompt segment {i}: unknown segment {what} (expected an object with type 'text' or 'image')"
+            )
         try:
             seg = model.model_validate(item)
         except ValidationError as exn:

@@ -263,7 +263,7 @@ def test_all_bad_or_empty_data_is_one_user_error(tmp_path, workers):
 def test_missing_shards_are_a_user_error(tmp_path):
     stage = StageConfig(batch_size=2, prompt_mode="text")
     with pytest.raises(UserError, match="training shard not found: .*nope.tar"):
-        next(iterate_examples([str(tmp_path / "nope.tar")], stage, 0))
+        iterate_examples([str(tmp_path / "nope.tar")], stage, 0)  # raised at the call, not at first next()
     with pytest.raises(UserError, match="no training shards found"):
         next(iterate_examples([str(tmp_path)], stage, 0))  # a directory without shards
     with pytest.raises(UserError, match="no training shards found"):

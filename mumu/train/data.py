@@ -68,7 +68,8 @@ class LoaderStats:
 
     def reset(self) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            fresh = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            setattr(self, f.name, fresh)
 
     def merge(self, other: LoaderStats) -> None:
         for f in dataclasses.fields(self):
@@ -185,8 +186,8 @@ class _Guard:
             first = next(iter(s.bad_shards.values()), None) or (s.skip_reasons[0] if s.skip_reasons else "")
             raise UserError(
                 f"no usable training sample in {self.limit} shard reads/samples in a row from {self.n_urls} "
-                f"shard(s) ({len(s.bad_shards)} unreadable shard(s), {s.skipped_samples} bad sample(s), "
-                f"the rest empty){'; first problem: ' + first if first else ''}"
+                f"shard(s): {len(s.bad_shards)} unreadable shard(s), {s.skipped_samples} undecodable sample(s), "
+                f"other reads empty{'; first problem: ' + first if first else ''}"
             )
 
 
@@ -355,7 +356,8 @@ def slot_shard_draws(urls: list[str], seed: int, slot: int, n_slots: int) -> Ite
     This is webdataset's split_by_node/split_by_worker applied to ResampledShards, with rank and worker
     passed explicitly: webdataset's splitters read them from the environment / torch.distributed.
     """
-    draws = wds.ResampledShards(urls, seed=_seed(seed, "shards"), deterministic=True, worker_seed=_zero_worker_seed)
+    draws = wds.ResampledShards(urls, seed=_seed(seed, "shards"), deterministic=True,
+                                worker_seed=_zero_worker_seed)
     return itertools.islice(iter(draws), slot, None, n_slots)
 
 
@@ -375,7 +377,8 @@ def expand_shard_urls(shard_urls: list[str]) -> list[str]:
         raise UserError(f"no training shards found at {', '.join(map(str, shard_urls)) or '(no paths given)'}")
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.isfile(u)]
     if missing:
-        raise UserError(f"training shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"training shard not found: {missing[0]}{more}")
     return urls
 
 
@@ -402,12 +405,15 @@ def iterate_examples(
         raise UserError(f"rank {rank} is outside world_size {world_size}")
     if start_step < 0 or stage.batch_size < 1:
         raise UserError(f"start_step ({start_step}) must be >= 0 and batch_size ({stage.batch_size}) >= 1")
-    urls = expand_shard_urls(shard_urls)
-    stats = stats if stats is not None else LoaderStats()
+    urls = expand_shard_urls(shard_urls)  # checked now, not at the first next()
     dataset = _SlotStream(urls, stage, seed, start_step, rank, world_size, max_consecutive_failures)
-    if stage.loader_workers > 0:
-        source = iter(DataLoader(dataset, batch_size=None, num_workers=stage.loader_workers,
-                                 collate_fn=_identity, prefetch_factor=2))
+    return _consume(dataset, stage.loader_workers, stats if stats is not None else LoaderStats())
+
+
+def _consume(dataset: _SlotStream, workers: int, stats: LoaderStats) -> Iterator[list[Example]]:
+    if workers > 0:
+        source = iter(DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
+                                 prefetch_factor=2))
     else:
         source = iter(dataset)
     try:
