@@ -310,6 +310,16 @@ def test_webdataset_tar_inputs_with_txt_and_json_captions(tmp_path):
     assert (report.inputs, report.written, report.quarantined) == (3, 2, 1)
 
 
+def test_unreadable_tar_in_a_folder_is_one_quarantined_input(tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "in" / "ok.png")
+    (tmp_path / "in" / "broken.tar").write_bytes(b"\x00garbage" * 100)
+    shards = stages.plan_shards(tmp_path / "in", CFG.ingest)
+    work = stages.ingest(shards[0], CFG.ingest)
+    assert [it.source for it in work.items] == ["ok.png"]
+    assert [(q.source, q.reason.split(" (")[0]) for q in work.quarantined] == [("broken.tar", "unreadable tar")]
+
+
 def test_folders_without_images_are_user_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no images or .tar files found in input folder"):

@@ -30,7 +30,7 @@ def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise BadInput(f"decompression bomb ({exc})".split(" could be")[0]) from None
+        raise BadInput(f"decompression bomb ({str(exc).split(', could be')[0]})") from None
     except UnidentifiedImageError:
         raise BadInput("not an image (unrecognised format)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow raises these for broken headers
@@ -96,8 +96,11 @@ def decode_image(data: bytes, cfg: IngestConfig) -> Image.Image:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated files would pass as images")
     im = _open(data)
     w, h = im.size
-    # Our own guard (configurable, per call) on the header's dimensions, before any pixel is decoded.
-    # Pillow's global Image.MAX_IMAGE_PIXELS check in Image.open (error above 2x its limit) is kept too.
+    # Our own guard (configurable, per call, thread-safe) on the header's dimensions, before any pixel
+    # is decoded. Pillow's global Image.MAX_IMAGE_PIXELS check in Image.open stays as a second line
+    # (DecompressionBombError above 2x its limit, caught above). Its DecompressionBombWarning (between
+    # 1x and 2x) is left alone: turning warnings into errors needs warnings.catch_warnings, which is
+    # process-global and races between threads; our guard already decides what is too large.
     if w <= 0 or h <= 0:
         raise BadInput(f"invalid dimensions {w}x{h}")
     if w * h > cfg.max_image_pixels:
