@@ -362,3 +362,12 @@ def test_loader_applies_augmentation_to_prompt_images(dataset):
                 crop = _png_pixels(samples[ex.key][seg.ref])
                 assert got.size == crop.shape[1::-1] and not np.array_equal(_pixels(got), crop)
     assert n_images > 0 and stats.augmented_images == n_images
+
+
+def test_loader_and_augment_config_ranges_are_checked():
+    for bad in (dict(share=1.5), dict(random_crop=0.0), dict(noise_std=-0.1), dict(grayscale=2.0)):
+        with pytest.raises(ValueError):
+            AugmentConfig(**bad)
+    for bad in (dict(shuffle_buffer=0), dict(loader_workers=-1), dict(text_only_share=1.1)):
+        with pytest.raises(ValueError):
+            StageConfig(**bad)

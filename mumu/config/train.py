@@ -29,11 +29,11 @@ class AttnLossConfig(StrictModel):
 class AugmentConfig(StrictModel):
     """MUMU's conditioning-image augmentation, applied to a share of crops."""
 
-    share: float = 0.5
-    random_crop: float = 0.9  # keep at least this fraction of each side
+    share: float = Field(0.5, ge=0.0, le=1.0)  # probability that a prompt image is augmented
+    random_crop: float = Field(0.9, gt=0.0, le=1.0)  # keep at least this fraction of each side (1: no crop)
     flip: bool = True
-    noise_std: float = 0.02
-    grayscale: float = 0.1
+    noise_std: float = Field(0.02, ge=0.0)  # gaussian pixel noise, in units of the 0..1 pixel range
+    grayscale: float = Field(0.1, ge=0.0, le=1.0)  # probability of converting to grayscale
 
 
 class StageConfig(StrictModel):
@@ -50,10 +50,10 @@ class StageConfig(StrictModel):
     checkpoint_every: int = 500
     sample_every: int = 500
     log_every: int = 10
-    shuffle_buffer: int = 256
-    loader_workers: int = 0
+    shuffle_buffer: int = Field(256, ge=1)  # raw samples held for shuffling (per loader worker)
+    loader_workers: int = Field(0, ge=0)  # torch DataLoader workers; the sample order depends on this number
     prompt_mode: Literal["text", "mumu", "unimo"] = "text"
-    text_only_share: float = 0.1
+    text_only_share: float = Field(0.1, ge=0.0, le=1.0)  # extra multimodal samples trained on the caption alone
     attn_loss: AttnLossConfig = AttnLossConfig()
     augment: AugmentConfig = AugmentConfig(share=0.0)
     seed: int = 0
