@@ -342,3 +342,15 @@ def test_plan_is_deterministic_and_a_changed_plan_is_rebuilt(inputs, tmp_path):
     assert stages.shard_done(tmp_path, 0, a[0]) == manifest.shards[0]
     other = stages.InputShard(0, a[0].refs[1:])
     assert stages.shard_done(tmp_path, 0, other) is None
+
+
+def test_fewer_inputs_rebuild_changed_shards_and_remove_stale_ones(inputs, tmp_path):
+    root, gt, vlm, *_ = inputs
+    full, _ = run(inputs, tmp_path)
+    assert len(full.shards) == 4
+    subset = root / "scenes"  # a smaller input: one shard; its plan differs from the old shard 0
+    manifest, ran = stages.run_local(subset, tmp_path, CFG, SceneCaptioner(vlm), gt, gt, "h")
+    assert ran == [0, 1] and manifest.inputs == 9
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == sorted(
+        f"shard-{i:05d}.{ext}" for i in (0, 1) for ext in ("tar", "report.json", "quarantine.jsonl")
+    )

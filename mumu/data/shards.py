@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +27,7 @@ from mumu.data.work import Composed, InputShard, shard_name
 from mumu.io import atomic_path, dumps_canonical, sha256_file, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
+_SHARD_FILE = re.compile(r"shard-(\d{5,})\.(?:tar|report\.json|quarantine\.jsonl)")
 QUARANTINE = "quarantine.jsonl"
 VERSIONED_PACKAGES = ("mumu-pipeline", "pillow", "webdataset", "numpy", "torch", "transformers", "pydantic")
 
@@ -152,9 +154,18 @@ def write_manifest(out_dir: str | Path, reports: list[ShardReport], config_hash:
         if n != r.quarantined:
             raise ValueError(f"{quarantine_path(out_dir, r.shard).name}: {n} rows, report says {r.quarantined}")
         lines.append(text)
+    _remove_stale_shards(out_dir, {r.shard for r in reports})
     write_text_atomic(out_dir / QUARANTINE, "".join(lines))
     write_json_atomic(out_dir / MANIFEST, manifest.model_dump(mode="json"))
     return manifest
+
+
+def _remove_stale_shards(out_dir: Path, keep: set[int]) -> None:
+    """Shard files of an earlier run with more shards: training globs *.tar, so they must not linger."""
+    for p in out_dir.iterdir():
+        m = _SHARD_FILE.fullmatch(p.name)
+        if m and int(m.group(1)) not in keep:
+            p.unlink(missing_ok=True)
 
 
 def read_quarantine(path: str | Path) -> list[QuarantineRecord]:
