@@ -10,7 +10,7 @@ from PIL import Image
 from mumu.config import load_profile
 from mumu.config.data import EntitiesConfig
 from mumu.data import stages
-from mumu.data.entities import BUNDLED_VOCABULARY, Vocabulary, find_entities
+from mumu.data.entities import BUNDLED_VOCABULARY, Vocabulary, find_entities, same_phrase
 from mumu.data.oracle import GroundTruth, image_id
 from mumu.data.scenes import mask_to_rle, render_scene, rle_to_mask
 from mumu.errors import UserError
@@ -36,6 +36,11 @@ def test_longest_match_word_boundaries_plurals_and_order():
     for e in find_entities(caption, EntitiesConfig()):
         assert caption[e.span[0] : e.span[1]] == e.phrase
     assert phrases("a cactus on a blue background") == ["cactus"]  # colours and "background" are not objects
+
+
+def test_same_phrase_ignores_case_and_plural():
+    assert same_phrase("Hot Dogs", "hot dog") and same_phrase("buses", "bus") and same_phrase("cherries", "cherry")
+    assert not same_phrase("hot dog", "dog") and not same_phrase("bus", "bug") and not same_phrase("", "")
 
 
 def test_bundled_vocabulary_sources_and_custom_file(tmp_path):

@@ -44,6 +44,14 @@ def _singulars(word: str) -> list[str]:
     return out
 
 
+def same_phrase(a: str, b: str) -> bool:
+    """Equal up to case and the plural of the last word ("Hot Dogs" ~ "hot dog", "buses" ~ "bus")."""
+    wa, wb = [w for _, _, w in _words(a)], [w for _, _, w in _words(b)]
+    if not wa or len(wa) != len(wb) or wa[:-1] != wb[:-1]:
+        return False
+    return bool(set(_singulars(wa[-1])) & set(_singulars(wb[-1])))
+
+
 class Vocabulary:
     """A set of phrases stored as word tuples, matched longest-first."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from mumu.data.entities import _singulars, _words
+from mumu.data.entities import same_phrase
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,6 @@ class OracleDetection:
 def image_id(image: Image.Image) -> str:
     arr = np.asarray(image.convert("RGB"))
     return hashlib.sha256(arr.tobytes() + repr(arr.shape).encode()).hexdigest()
-
-
-def _canonical(phrase: str) -> tuple[str, ...]:
-    words = [w for _, _, w in _words(phrase)]
-    return tuple(words[:-1]) + (_singulars(words[-1])[-1],) if words else ()
 
 
 class GroundTruth:
@@ -60,7 +55,7 @@ class GroundTruth:
             dets = []
             for j, p in enumerate(ps):
                 for name, box, _ in objects:
-                    if _canonical(name) == _canonical(p):
+                    if same_phrase(name, p):
                         dets.append(OracleDetection(j, tuple(float(v) for v in box), 1.0))
                         break
             out.append(dets)
