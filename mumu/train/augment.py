@@ -55,8 +55,12 @@ def augment_image(image: Image.Image, cfg: AugmentConfig, generator: Generator) 
         out = out.convert("L").convert("RGB")
     if cfg.noise_std > 0:
         pixels = np.asarray(out, dtype=np.float32)
-        noise = np.random.default_rng(noise_seed).normal(0.0, cfg.noise_std * 255.0, size=pixels.shape)
-        out = Image.fromarray(np.clip(np.rint(pixels + noise), 0, 255).astype(np.uint8), "RGB")
+        noise = np.random.default_rng(noise_seed).standard_normal(pixels.shape, dtype=np.float32)
+        noise *= np.float32(cfg.noise_std * 255.0)
+        pixels += noise
+        pixels += 0.5  # round half up: astype truncates, and values are >= 0 after the clip
+        np.clip(pixels, 0.0, 255.0, out=pixels)
+        out = Image.fromarray(pixels.astype(np.uint8), "RGB")
     return out
 
 
