@@ -208,3 +208,20 @@ def test_real_tiny_encoders_and_report_files(single_bench, tmp_path):
     ref = load_rgb(single_bench.items[0].references[0][0]).resize((cell, cell), Image.Resampling.NEAREST)
     assert np.abs(np.asarray(first.crop((0, 0, cell, cell)), float) - np.asarray(ref, float)).mean() < 1.0
     assert re.search(r"FID: Fréchet distance over \*\*clip\*\* features", report.markdown)
+
+
+def test_evaluate_runs_the_configured_benchmarks_end_to_end(tmp_path):
+    from mumu.eval.runner import evaluate
+
+    root = make_bench(tmp_path / "bench")
+    cfg = eval_cfg(chunk_size=3, samples_per_prompt=1, **{"benchmark.root": str(root), "benchmark.multi_sizes": [2]})
+    gen = CountingGenerator()
+    report = evaluate(gen, tmp_path / "eval", PixelEncoders(), cfg, run="run/1")
+    # single: 3 subjects x 2 templates; multi: C(3,2)=3 pairs (<= 2 drawn in the tiny profile) x 1 template
+    n_multi = min(3, cfg.benchmark.multi_combinations)
+    assert len(gen.calls) == 6 + n_multi
+    assert [(r["Benchmark"], r["Images"]) for r in report.rows] == [("bench-single", 6), ("bench-multi", n_multi)]
+    assert all(g.is_relative_to(tmp_path / "eval" / "grids" / "run-1") for g in report.grids)
+    assert (tmp_path / "eval" / "bench-single" / "chunks" / "chunk-00001.json").exists()
+    evaluate(gen, tmp_path / "eval", PixelEncoders(), cfg, run="run/1")  # finished: nothing regenerated
+    assert len(gen.calls) == 6 + n_multi

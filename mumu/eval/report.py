@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from mumu.config.eval import ReportConfig
-from mumu.eval.benchmarks import load_rgb
+from mumu.eval.benchmarks import _slug, load_rgb
 from mumu.io import atomic_path, write_json_atomic, write_text_atomic
 
 COLUMNS = ["Run", "Benchmark", "DINO", "CLIP-I", "CLIP-T", "FID", "Images"]
@@ -63,7 +63,7 @@ def write_report(scores: list[dict], out_dir: str | Path, cfg: ReportConfig | No
         lines = [f"### {run_name} · {s['benchmark']}", ""]
         for item in s["items"][:cfg.max_grids]:
             refs = [p for group in item["references"] for p in group]
-            rel = Path("grids") / run_name / s["benchmark"] / f"{item['id']}.png"
+            rel = Path("grids") / _slug(run_name) / s["benchmark"] / f"{item['id']}.png"
             with atomic_path(out_dir / rel) as tmp:
                 make_grid(refs, item["images"], cfg.grid_cell).save(tmp, format="PNG")
             grids.append(out_dir / rel)

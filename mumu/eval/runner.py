@@ -195,4 +195,19 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
         "fid": fid, "fid_features": cfg.fid.features, "fid_note": fid_note, "items": per_item,
     }
 
-__all__ = ["ChunkResult", "Report", "generate_benchmark", "generate_chunk", "item_seed", "score", "write_report"]
+def evaluate(generate_fn: GenerateFn, out_dir: str | Path, encoders, cfg: EvalConfig, run: str = "mumu") -> Report:
+    """The whole evaluation in one process: build the configured benchmarks, generate each (resuming
+    finished chunks) under `<out_dir>/<benchmark name>`, score them and write the report in `out_dir`.
+    The Prefect flow maps `generate_chunk` over chunks instead; this is the same sequence, unmapped."""
+    from mumu.eval.benchmarks import build_benchmarks
+
+    out_dir = Path(out_dir)
+    scores = []
+    for bench in build_benchmarks(cfg.benchmark):
+        generate_benchmark(bench, generate_fn, out_dir / bench.name, cfg)
+        scores.append(score(bench, out_dir / bench.name, encoders, cfg))
+    return write_report(scores, out_dir, cfg.report, run=run)
+
+
+__all__ = ["ChunkResult", "Report", "evaluate", "generate_benchmark", "generate_chunk", "item_seed", "score",
+           "write_report"]
