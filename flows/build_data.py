@@ -29,7 +29,7 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
     retry = dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
 
     shards = t.plan_shards.with_options(**retry)(input_path, data.ingest)
-    done = {s.index: r for s in shards if (r := stages.shard_done(Path(out), s.index)) is not None}
+    done = {s.index: r for s in shards if (r := stages.shard_done(Path(out), s.index, s)) is not None}
     todo = [s for s in shards if s.index not in done]
     log.info("%d input shards: %d already written, %d to build", len(shards), len(done), len(todo))
 

@@ -45,6 +45,9 @@ def cmd_build_data(args: argparse.Namespace) -> None:
     if not Path(args.input).exists():
         raise UserError(f"--input {args.input}: no such file or directory")
     from flows.build_data import build_data
+    from mumu.data.stages import plan_shards
+
+    plan_shards(Path(args.input), cfg.data.ingest)  # an unusable input fails here, before Prefect starts
 
     manifest = _with_runner(build_data, cfg)(
         input_path=str(args.input), out=str(args.out), profile=args.profile, overrides=overrides

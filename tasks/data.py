@@ -11,10 +11,20 @@ from data_schemas import Manifest, ShardReport
 from mumu.config.data import CaptionConfig, DataConfig, DetectConfig, EntitiesConfig, IngestConfig, SegmentConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.data import stages
+from mumu.errors import UserError
 from tasks.models import Lazy, cached_model, worker_device
 
+
+
+def _retryable(task, task_run, state) -> bool:
+    """Retry transient failures, not the user's mistakes: those fail the same way every time."""
+    return not isinstance(state.result(raise_on_failure=False), UserError)
+
+
 # Shard work holds decoded images: never hash it for Prefect's cache, never persist it as a result.
-_stage = dict(cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1)
+_stage = dict(
+    cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1, retry_condition_fn=_retryable
+)
 
 
 @task(name="plan-shards", **_stage)

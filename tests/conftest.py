@@ -11,3 +11,5 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
+from tests.prefect_harness import prefect_server  # noqa: E402,F401  (session fixture)
