@@ -84,3 +84,27 @@ def test_tiny_features_rank_a_noisy_copy_above_another_subject(encoders):
         f = feats([subject, noisy, other]).numpy()
         sims = cosine_matrix(f[:1], f[1:])[0]
         assert sims[0] > sims[1] + 0.05, sims
+
+
+def test_hub_format_processor_configs_load_into_the_pil_processors(encoders, tmp_path):
+    """The published repos carry legacy *FeatureExtractor configs; the Pil processors must read them
+    (what facebook/dino-vits16 and openai/clip-vit-base-patch32 ship, reduced to the keys used)."""
+    import json
+
+    hub = {
+        "dino": {"do_normalize": True, "do_resize": True, "feature_extractor_type": "ViTFeatureExtractor",
+                 "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 2, "size": 224},
+        "clip": {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+                 "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                 "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224},
+    }
+    encoders.dino.save_pretrained(tmp_path / "dino")
+    encoders.clip.save_pretrained(tmp_path / "clip")
+    for name, cfg in hub.items():
+        (tmp_path / name / "preprocessor_config.json").write_text(json.dumps(cfg))
+    dino = DinoEncoder.from_source(ModelSource(pretrained=str(tmp_path / "dino")))
+    clip = ClipEncoder.from_source(ModelSource(pretrained=str(tmp_path / "clip")))
+    wide = [Image.new("RGB", (300, 200), (10, 120, 240))]
+    assert dino.image_processor(images=wide, return_tensors="pt")["pixel_values"].shape == (1, 3, 224, 224)
+    assert clip.image_processor(images=wide, return_tensors="pt")["pixel_values"].shape == (1, 3, 224, 224)
+    assert clip.image_processor.resample == 3 and clip.image_processor.size.shortest_edge == 224  # bicubic, then crop
