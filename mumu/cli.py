@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import yaml
 
+from mumu import SAMPLES_DIR
 from mumu.errors import UserError
 
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples" / "scenes"
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -56,6 +56,54 @@ def cmd_build_data(args: argparse.Namespace) -> None:
           f"({manifest['quarantined']} quarantined of {manifest['inputs']} inputs)")
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    cfg, overrides = _profile(args)
+    from flows.pretrain import pretrain
+
+    result = _with_runner(pretrain, cfg)(data=args.data, out=args.out, profile=args.profile, overrides=overrides,
+                                         max_steps=args.max_steps)
+    print(f"pretrain: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['model']}")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    cfg, overrides = _profile(args)
+    from flows.tune import tune
+
+    result = _with_runner(tune, cfg)(data=args.data, init=args.init, out=args.out, profile=args.profile,
+                                     overrides=overrides, attn_loss_weight=args.attn_loss_weight,
+                                     max_steps=args.max_steps)
+    print(f"tune: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['model']}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    cfg, _ = _profile(args)
+    from mumu.generate import generate_to_file
+
+    sampler = cfg.eval.sampler.model_copy(update={k: v for k, v in {
+        "steps": args.steps, "guidance_scale": args.guidance_scale, "name": args.sampler}.items() if v is not None})
+    paths = generate_to_file(args.checkpoint, args.prompt, args.out, n=args.n, seed=args.seed, sampler_cfg=sampler,
+                             base_dir=args.base_dir)
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    cfg, overrides = _profile(args)
+    from flows.evaluate import evaluate
+
+    report = _with_runner(evaluate, cfg)(checkpoint=args.checkpoint, out=args.out, bench=args.bench,
+                                         profile=args.profile, overrides=overrides)
+    print(f"report: {report['markdown']}")
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    cfg, overrides = _profile(args)
+    from flows.pipeline import pipeline
+
+    result = _with_runner(pipeline, cfg)(input_path=args.input, out=args.out, profile=args.profile,
+                                         overrides=overrides)
+    print(f"pipeline finished: report in {result['report']}")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="tiny", help="profile name (tiny, mumu-sdxl) or a YAML path [tiny]")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -71,6 +119,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for shards, manifest.json, quarantine.jsonl")
     _common(p)
     p.set_defaults(run=cmd_build_data)
+
+    p = sub.add_parser("pretrain", help="stage 1: text-to-image pretraining from shards")
+    p.add_argument("--data", required=True, help="a build-data output folder (its manifest lists the shards)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, tb/, samples/, model/")
+    p.add_argument("--max-steps", type=int, help="override the profile's train.pretrain.max_steps")
+    _common(p)
+    p.set_defaults(run=cmd_pretrain)
+
+    p = sub.add_parser("tune", help="stage 2: multimodal instruction tuning with the attention-mask loss")
+    p.add_argument("--data", required=True, help="a build-data output folder")
+    p.add_argument("--init", required=True, help="the stage-1 run folder (or its model/ folder)")
+    p.add_argument("--out", required=True, help="run folder of this stage")
+    p.add_argument("--attn-loss-weight", type=float, help="W in diffusion loss + W·L_attn (0 disables it)")
+    p.add_argument("--max-steps", type=int, help="override the profile's train.tune.max_steps")
+    _common(p)
+    p.set_defaults(run=cmd_tune)
+
+    p = sub.add_parser("generate", help="generate images from a multimodal prompt")
+    p.add_argument("--checkpoint", required=True, help="a training run folder or a saved model folder")
+    p.add_argument("--prompt", required=True,
+                   help='e.g. "a <image:cat.png> cat on a <image:sofa.jpg> sofa", or a JSON list of segments')
+    p.add_argument("--out", required=True, help="output PNG (out-0.png, out-1.png, ... when --n > 1)")
+    p.add_argument("--n", type=int, default=1, help="number of images [1]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="sampling steps (default: the profile's eval.sampler.steps)")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
+    p.add_argument("--sampler", choices=["ddim", "euler"], help="sampler (default: the profile's)")
+    p.add_argument("--base-dir", default=".", help="folder that relative image paths in the prompt start from")
+    _common(p)
+    p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="DINO, CLIP-I, CLIP-T, FID on single- and multi-subject benchmarks")
+    p.add_argument("--checkpoint", required=True, help="a training run folder or a saved model folder")
+    p.add_argument("--bench", default="toy", help="'toy' (bundled emoji subjects) or a benchmark folder")
+    p.add_argument("--out", required=True, help="report folder: report.json, report.md, grids")
+    _common(p)
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("pipeline", help="the whole DAG: build-data → pretrain → tune → evaluate")
+    p.add_argument("--input", default=str(SAMPLES_DIR), help="images (+captions.jsonl) or .tar shards [bundled samples]")
+    p.add_argument("--out", default="runs/tiny", help="run folder: data/, pretrain/, tune/, eval/ [runs/tiny]")
+    _common(p)
+    p.set_defaults(run=cmd_pipeline)
     return parser
 
 

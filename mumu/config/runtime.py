@@ -19,5 +19,7 @@ class RuntimeConfig(StrictModel):
     dask_address: str | None = None
     # Torch intra-op threads per worker (0 = torch's default).
     torch_threads: int = 0
+    # Training processes (one per GPU) under `accelerate launch`; 1 = train inside the Prefect task.
+    train_processes: int = 1
     task_retries: int = 2
     task_retry_delay_seconds: float = 1.0

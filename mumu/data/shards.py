@@ -171,3 +171,20 @@ def _remove_stale_shards(out_dir: Path, keep: set[int]) -> None:
 def read_quarantine(path: str | Path) -> list[QuarantineRecord]:
     text = Path(path).read_text(encoding="utf-8")
     return [QuarantineRecord.model_validate(json.loads(ln)) for ln in text.splitlines() if ln.strip()]
+
+
+def shard_urls(data_dir: str | Path) -> list[str]:
+    """The shards a finished build-data run lists in its manifest (what training and evaluation read)."""
+    from mumu.errors import UserError
+
+    path = Path(data_dir) / "manifest.json"
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run `mumu build-data --out {data_dir}` first") from None
+    except (ValidationError, ValueError) as exc:
+        raise UserError(f"{path} is not a build-data manifest ({str(exc).splitlines()[0]})") from None
+    urls = [str(Path(data_dir) / s.name) for s in manifest.shards if s.written > 0]
+    if not urls:
+        raise UserError(f"{data_dir}: the manifest lists no shard with samples (all inputs were quarantined?)")
+    return urls

@@ -1,0 +1,23 @@
+"""pretrain (stage 1): shards ──(text-only view: caption as prompt)──▶ train-stage ──▶ OUT/model
+
+Resumes from OUT's last checkpoint: re-running a finished stage only re-saves its model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from deployments.events import emit_stage_completed
+from mumu.config import load_profile
+from tasks.train import train_stage
+
+
+@flow(name="pretrain")
+def pretrain(data: str, out: str, profile: str = "tiny", overrides: dict[str, Any] | None = None,
+             max_steps: int | None = None) -> dict:
+    load_profile(profile, overrides)  # fail fast on a bad profile
+    result = train_stage("pretrain", profile, overrides, data, out, None, max_steps)
+    emit_stage_completed("pretrain", out, data=data, model=result["model"])
+    return result

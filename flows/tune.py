@@ -1,0 +1,37 @@
+"""tune (stage 2): shards ──(multimodal prompts + attention-mask loss)──▶ train-stage(init=stage 1) ──▶ OUT/model
+
+Resumes from OUT's last checkpoint: re-running a finished stage only re-saves its model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from deployments.events import emit_stage_completed
+from mumu.config import load_profile
+from mumu.errors import UserError
+from tasks.train import train_stage
+
+
+def model_dir(run_or_model: str | Path) -> Path:
+    """A stage's run folder (its model is RUN/model) or a saved model folder itself."""
+    path = Path(run_or_model)
+    for candidate in (path / "model", path):
+        if (candidate / "mumu_config.json").is_file():
+            return candidate
+    raise UserError(f"{run_or_model}: no saved model (expected RUN/model/mumu_config.json from a training stage)")
+
+
+@flow(name="tune")
+def tune(data: str, init: str, out: str, profile: str = "tiny", overrides: dict[str, Any] | None = None,
+         attn_loss_weight: float | None = None, max_steps: int | None = None) -> dict:
+    overrides = dict(overrides or {})
+    if attn_loss_weight is not None:
+        overrides["train.tune.attn_loss.weight"] = attn_loss_weight
+    load_profile(profile, overrides)
+    result = train_stage("tune", profile, overrides, data, out, str(model_dir(init)), max_steps)
+    emit_stage_completed("tune", out, data=data, model=result["model"])
+    return result

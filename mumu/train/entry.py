@@ -1,0 +1,55 @@
+"""Entry point of one training process under `accelerate launch` (multi-GPU stages).
+
+    accelerate launch --num_processes N -m mumu.train.entry pretrain --profile P --data D --out O
+
+Each process runs mumu.train.loop.train; the main process writes OUT/result.json for the Prefect task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mumu.config import load_profile
+from mumu.data.shards import shard_urls
+from mumu.errors import UserError
+from mumu.io import write_json_atomic
+
+
+def result_summary(result) -> dict:
+    """What a stage reports to its flow (and, under accelerate, through OUT/result.json)."""
+    return {"stage": result.stage, "out": str(result.out_dir), "model": str(result.model_dir),
+            "resumed_from": result.start_step, "steps": result.steps, "final_loss": result.final_loss,
+            "seconds": round(result.seconds, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mumu.train.entry")
+    p.add_argument("stage", choices=["pretrain", "tune"])
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--overrides", default="{}", help="JSON object of dotted profile overrides")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--init")
+    p.add_argument("--max-steps", type=int)
+    args = p.parse_args(argv)
+    try:
+        from accelerate import PartialState
+
+        from mumu.train.loop import train
+
+        cfg = load_profile(args.profile, json.loads(args.overrides))
+        result = train(args.stage, cfg, shard_urls(args.data), args.out, init=args.init, max_steps=args.max_steps,
+                       on_log=lambda step, m: print(f"{args.stage} step {step}: loss {m['loss']:.4f}", flush=True))
+        if PartialState().is_main_process:
+            write_json_atomic(Path(args.out) / "result.json", result_summary(result))
+    except UserError as exc:
+        print(f"mumu: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The training task: one stage (pretrain or tune) of mumu.train.train, retryable and resumable.
+
+A retry (or a re-run of the deployment) resumes from the stage's last checkpoint, so a crash costs at
+most `checkpoint_every` steps. With `runtime.train_processes > 1` the stage runs under `accelerate launch`
+(one process per GPU) and its log lines are forwarded to the Prefect run logger.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from mumu.config import load_profile
+from mumu.errors import UserError
+from mumu.data.shards import shard_urls
+from mumu.train.entry import result_summary
+
+
+def _retryable(task, task_run, state) -> bool:
+    return not isinstance(state.result(raise_on_failure=False), UserError)
+
+
+def _publish_sample(stage: str, step: int, png: Path) -> None:
+    """The preview grid as a markdown artifact (inline while small, so the UI shows it without a file server)."""
+    data = png.read_bytes()
+    image = f"![step {step}](data:image/png;base64,{base64.b64encode(data).decode()})" if len(data) < 512_000 else ""
+    create_markdown_artifact(
+        key=f"{stage}-samples", markdown=f"### {stage}: samples at step {step}\n\n{image}\n\n`{png}`",
+        description=f"{stage} preview grid, step {step}",
+    )
+
+
+def _launch_argv(stage: str, profile: str, overrides: dict | None, data: str, out: str, init: str | None,
+                 max_steps: int | None, processes: int) -> list[str]:
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+            "-m", "mumu.train.entry", stage, "--profile", profile, "--data", data, "--out", out,
+            "--overrides", json.dumps(overrides or {})]
+    if init:
+        argv += ["--init", init]
+    if max_steps is not None:
+        argv += ["--max-steps", str(max_steps)]
+    return argv
+
+
+@task(name="train-stage", cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=_retryable)
+def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data: str, out: str,
+                init: str | None = None, max_steps: int | None = None) -> dict[str, Any]:
+    from mumu.train.loop import train
+
+    log = get_run_logger()
+    cfg = load_profile(profile, overrides)
+    if cfg.runtime.train_processes > 1:
+        from mumu.launch import run_launcher
+
+        run_launcher(_launch_argv(stage, profile, overrides, data, out, init, max_steps, cfg.runtime.train_processes),
+                     on_line=log.info)
+        return json.loads((Path(out) / "result.json").read_text())
+
+    def on_log(step: int, metrics: dict[str, float]) -> None:
+        log.info("%s step %d: loss %.4f (diffusion %.4f, attn %.4f)", stage, step, metrics["loss"],
+                 metrics["diffusion"], metrics["attn"])
+
+    result = train(stage, cfg, shard_urls(data), out, init=init, max_steps=max_steps, on_log=on_log,
+                   on_sample=lambda step, png: _publish_sample(stage, step, png))
+    return result_summary(result)
