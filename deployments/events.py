@@ -1,0 +1,59 @@
+"""Events the pipeline emits; prefect.yaml's triggers turn them into runs of the next deployment.
+
+    mumu.data.landed      new input files under a watched folder   → run build-data on that folder
+    mumu.stage.completed  a stage flow finished, resource mumu.stage.<stage>, payload {"out": ..., ...}
+                          → run the next stage on that output (build-data → pretrain → tune → evaluate)
+
+A stage only *chains* (label "mumu.chain" = "true") when it ran as a top-level deployment run. A stage
+running as a subflow of the pipeline flow, or from the `mumu` CLI, still emits its event (it is visible
+in the UI's event feed) but the triggers ignore it: otherwise the pipeline deployment would start every
+later stage a second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from prefect.events import emit_event
+
+STAGE_COMPLETED = "mumu.stage.completed"
+DATA_LANDED = "mumu.data.landed"
+
+
+def _is_top_level_deployment_run() -> bool:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    run = ctx.flow_run if ctx else None
+    return bool(run and run.deployment_id and run.parent_task_run_id is None)
+
+
+def emit_stage_completed(stage: str, out: str, **payload: Any):
+    """Announce that `stage` wrote `out`; extra keyword arguments go into the payload (JSON values)."""
+    resource = {
+        "prefect.resource.id": f"mumu.stage.{stage}",
+        "prefect.resource.name": stage,
+        "mumu.stage": stage,
+        "mumu.chain": "true" if _is_top_level_deployment_run() else "false",
+    }
+    return emit_event(event=STAGE_COMPLETED, resource=resource, payload={"out": str(out), **payload})
+
+
+def inputs_resource_id(input_dir: str | Path) -> str:
+    """A stable id per watched folder: the hash of its absolute path (names may repeat across hosts)."""
+    digest = hashlib.sha256(str(Path(input_dir).resolve()).encode("utf-8")).hexdigest()[:16]
+    return f"mumu.inputs.{digest}"
+
+
+def emit_data_landed(input_dir: str | Path, new_files: list[str]):
+    """Announce a batch of new input files under `input_dir` (paths relative to it)."""
+    input_dir = str(Path(input_dir).resolve())
+    resource = {
+        "prefect.resource.id": inputs_resource_id(input_dir),
+        "prefect.resource.name": Path(input_dir).name,
+        "mumu.input": input_dir,
+    }
+    payload = {"input": input_dir, "new": sorted(new_files), "count": len(new_files)}
+    return emit_event(event=DATA_LANDED, resource=resource, payload=payload)
