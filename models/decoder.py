@@ -111,7 +111,9 @@ class Decoder(nn.Module):
         self.vae.eval()
         self.unet.requires_grad_(cfg.train == "full")
         if cfg.train == "lora":
-            self.unet.add_adapter(unet_lora_config(cfg))  # only the adapter weights require grad
+            with torch.random.fork_rng(devices=[]):  # seeded LoRA init (it draws from the global RNG)
+                torch.manual_seed(cfg.unet.seed + 2)
+                self.unet.add_adapter(unet_lora_config(cfg))  # only the adapter weights require grad
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
 

@@ -121,11 +121,14 @@ class PromptEncoder(nn.Module):
             from peft import LoraConfig, inject_adapter_in_model
 
             lora = self.cfg.lora
-            inject_adapter_in_model(
-                LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                           target_modules=self.lora_target_regex()),
-                self.model,
-            )
+            # LoRA A is initialised from the global RNG: seed it, or two runs of one config would differ.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.model.seed + 2)
+                inject_adapter_in_model(
+                    LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                               target_modules=self.lora_target_regex()),
+                    self.model,
+                )
             for name, p in self.model.named_parameters():
                 p.requires_grad_("lora_" in name)
         if not self.cfg.freeze_vision:

@@ -117,3 +117,14 @@ def test_lora_parameter_counts():
     assert set(frozen.parameter_groups()) == {"connector"}
     full = MumuModel.from_config(tiny_cfg(decoder={"train": "full"}))
     assert sum(p.numel() for p in full.parameter_groups()["unet"]) == sum(p.numel() for p in full.unet.parameters())
+
+
+def test_from_config_is_deterministic():
+    """Same config -> same weights, LoRA adapters included (their init draws from the global RNG)."""
+    cfg = tiny_cfg(decoder=lora_decoder())
+    torch.manual_seed(1)
+    a = MumuModel.from_config(cfg).state_dict()
+    torch.manual_seed(2)
+    b = MumuModel.from_config(cfg).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any("lora_A" in k for k in a)

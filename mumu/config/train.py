@@ -42,13 +42,17 @@ class StageConfig(StrictModel):
     max_steps: int = 1000
     lr: LearningRates = LearningRates()
     warmup_steps: int = 100
+    # diffusers.optimization.get_scheduler name, applied after the linear warmup.
+    lr_schedule: Literal["constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
     max_grad_norm: float = 1.0
     weight_decay: float = 1e-2
     cfg_dropout: float = 0.1  # share of samples trained with the empty condition (classifier-free guidance)
     ema_decay: float | None = None
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk (older ones are deleted after a save)
     sample_every: int = 500
+    sample_steps: int = 4  # denoising steps of the periodic preview grid (deterministic DDIM)
     log_every: int = 10
     shuffle_buffer: int = Field(256, ge=1)  # raw samples held for shuffling (per loader worker)
     loader_workers: int = Field(0, ge=0)  # torch DataLoader workers; the sample order depends on this number

@@ -1,0 +1,212 @@
+"""The training loop shared by both stages (1: text-to-image pretraining, 2: instruction tuning with the
+attention-mask loss). Plain functions, no Prefect: the lead wraps `train` in a task.
+
+Reproducibility: every random draw of optimizer step s, micro-batch m (CFG dropout, VAE posterior
+sample, timesteps, noise; torch's global RNG for dropout) comes from a generator seeded by
+(seed, s, m), and the data stream is addressed by batch index, so a resumed run repeats the
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mumu.config import ProfileConfig, config_hash, load_profile
+from mumu.errors import UserError
+from mumu.train.checkpoint import clean_partial, list_checkpoints, load_checkpoint, save_checkpoint
+from mumu.train.optim import build_ema, build_lr_scheduler, build_optimizer, step_generator
+from mumu.train.preview import sample_grid
+
+STAGES = ("pretrain", "tune")
+PREVIEW_PROMPTS = 4
+
+
+class TrainingError(UserError):
+    """Training cannot continue (non-finite loss, data ran out); the message names the step."""
+
+    def __init__(self, step: int, message: str):
+        super().__init__(f"step {step}: {message}")
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    stage: str
+    out_dir: Path
+    model_dir: Path
+    start_step: int  # 0, or the checkpoint step this run resumed from
+    steps: int  # last step trained
+    losses: list[float]  # mean loss of every step 1..steps (restored from the checkpoint on resume)
+    checkpoints: list[Path] = field(default_factory=list)
+    samples: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else float("nan")
+
+
+def _default_iterate(*args, **kwargs):
+    from mumu.train.data import iterate_examples
+
+    return iterate_examples(*args, **kwargs)
+
+
+def run_seed(profile: ProfileConfig, stage_name: str) -> int:
+    stage = getattr(profile.train, stage_name)
+    return int(np.random.SeedSequence([profile.runtime.seed, stage.seed, STAGES.index(stage_name)])
+               .generate_state(1)[0])
+
+
+def train(
+    stage_name: str,
+    profile: ProfileConfig | str,
+    data_urls: list[str],
+    out_dir: str | Path,
+    init: str | Path | None = None,
+    resume: bool = True,
+    max_steps: int | None = None,
+    iterate: Callable[..., Iterator[list]] = _default_iterate,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_sample: Callable[[int, Path], None] | None = None,
+) -> TrainResult:
+    """Train one stage; checkpoints, TensorBoard scalars, preview grids and the final model go to out_dir.
+
+    init: a saved MumuModel directory (stage 2 starts from stage 1's out_dir/model); None = from config.
+    iterate(data_urls, stage, seed, start_step=...) yields batches of Examples (mumu.train.data).
+    """
+    from accelerate import Accelerator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from models.hf import resolve_device
+    from models.mumu_model import MumuModel
+
+    t_start = time.perf_counter()
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    if stage_name not in STAGES:
+        raise UserError(f"unknown stage {stage_name!r}: choose one of {', '.join(STAGES)}")
+    stage = getattr(profile.train, stage_name)
+    total = max_steps if max_steps is not None else stage.max_steps
+    accum = stage.gradient_accumulation_steps
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed = run_seed(profile, stage_name)
+    fingerprint = {"stage": stage_name, "stage_config": config_hash(stage), "model_config": config_hash(profile.model),
+                   "init": str(init) if init else None, "seed": seed}
+
+    # --- model, optimizer, schedule -------------------------------------------------------------------
+    device = resolve_device(profile.runtime)
+    accelerator = Accelerator(mixed_precision=stage.mixed_precision, gradient_accumulation_steps=accum,
+                              cpu=device.type == "cpu")
+    if init is not None and not (Path(init) / "mumu_config.json").exists():
+        raise UserError(f"init {init} is not a saved model directory (expected a stage's out_dir/model)")
+    model = MumuModel.from_pretrained(init) if init is not None else MumuModel.from_config(profile.model)
+    model.to(accelerator.device)
+    model.train()
+    groups = model.parameter_groups()
+    trainable = [p for params in groups.values() for p in params]
+    optimizer = build_optimizer(groups, stage)
+    lr_scheduler = build_lr_scheduler(optimizer, stage, total)
+    ema = build_ema(trainable, stage.ema_decay) if stage.ema_decay else None
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)
+
+    # --- resume ----------------------------------------------------------------------------------------
+    ckpt_dir = out_dir / "checkpoints"
+    clean_partial(ckpt_dir)
+    start, losses = 0, []
+    checkpoints = list_checkpoints(ckpt_dir)
+    if resume and checkpoints:
+        state = load_checkpoint(checkpoints[-1].path, model=core, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                ema=ema)
+        if state.get("fingerprint") != fingerprint:
+            raise UserError(f"{checkpoints[-1].path} was written by a different stage/config/init/seed: "
+                            f"use a new out_dir or resume=False")
+        start, losses = state["step"], list(state["losses"])
+    elif not resume and checkpoints:
+        shutil.rmtree(ckpt_dir)
+
+    # --- loop ------------------------------------------------------------------------------------------
+    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start + 1)
+    batches = iterate(data_urls, stage, seed, start_step=start * accum)
+    preview_prompts: list[list] | None = None
+    saved, samples = [], []
+    try:
+        for step in range(start + 1, total + 1):
+            t0 = time.perf_counter()
+            sums = {"loss": 0.0, "diffusion": 0.0, "attn": 0.0}
+            for micro in range(accum):
+                try:
+                    examples = next(batches)
+                except StopIteration:
+                    raise TrainingError(step, "the training data ran out (iterate_examples should be endless)") from None
+                batch = core.prepare(examples)
+                generator = step_generator(seed, step, micro)
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        out = core.training_loss(batch, generator, stage.attn_loss, cfg_dropout=stage.cfg_dropout)
+                    if not torch.isfinite(out["loss"]):
+                        raise TrainingError(step, f"loss is {out['loss'].item()} (diffusion {out['diffusion'].item()}, "
+                                                  f"attn {out['attn'].item()}): lower the learning rate or check the data")
+                    accelerator.backward(out["loss"])
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(trainable, stage.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for k in sums:
+                    sums[k] += out[k].item() / accum
+            lr_scheduler.step()
+            if ema is not None:
+                ema.step(trainable)
+            losses.append(sums["loss"])
+
+            if step % stage.log_every == 0 or step == total:
+                metrics = {**sums, "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+                           "step_seconds": time.perf_counter() - t0}
+                for group in optimizer.param_groups:
+                    metrics[f"lr/{group['name']}"] = group["lr"]
+                for k, v in metrics.items():
+                    writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
+                if on_log is not None:
+                    on_log(step, metrics)
+            if step % stage.checkpoint_every == 0 or step == total:
+                saved.append(save_checkpoint(
+                    ckpt_dir, step, weights=core.trainable_state_dict(), optimizer=optimizer,
+                    lr_scheduler=lr_scheduler, ema=ema, keep=stage.keep_checkpoints,
+                    extra={"fingerprint": fingerprint, "losses": losses},
+                ))
+            if stage.sample_every and step % stage.sample_every == 0:
+                if preview_prompts is None:  # the first batch of the stream: the same on every resume
+                    first = next(iter(iterate(data_urls, stage, seed, start_step=0)))
+                    preview_prompts = [ex.prompt for ex in first[:PREVIEW_PROMPTS]]
+                path = sample_grid(core, preview_prompts, out_dir / "samples" / f"step-{step:06d}.png",
+                                   steps=stage.sample_steps, seed=seed)
+                samples.append(path)
+                if on_sample is not None:
+                    on_sample(step, path)
+    finally:
+        writer.close()
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+    # --- final model -------------------------------------------------------------------------------------
+    if ema is not None:
+        ema.copy_to(trainable)  # the final model carries the EMA weights; checkpoints keep the raw ones
+    model_dir = out_dir / "model"
+    tmp_dir = out_dir / ".model-tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    core.save_pretrained(tmp_dir)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp_dir.rename(model_dir)
+    return TrainResult(stage_name, out_dir, model_dir, start, max(start, total), losses, saved, samples,
+                       time.perf_counter() - t_start)

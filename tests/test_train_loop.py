@@ -1,0 +1,155 @@
+"""Training loop: overfits a fixed batch, resumes exactly, survives a torn save, stops on NaN, stage-2 init."""
+
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from mumu.config import load_profile
+from mumu.config.train import AttnLossConfig
+from mumu.errors import UserError
+from mumu.train.data import Example
+from mumu.train.loop import TrainingError, run_seed, train
+from mumu.train.optim import step_generator
+
+
+def _examples() -> list[Example]:
+    out = []
+    for i, (color, name) in enumerate([((230, 30, 30), "red"), ((30, 30, 230), "blue"), ((30, 200, 30), "green")]):
+        img = np.full((64, 80, 3), 120, np.uint8)
+        mask = np.zeros((64, 80), bool)
+        mask[8 + 4 * i:40, 10 + 8 * i:50] = True
+        img[mask] = color
+        crop = PIL.Image.new("RGB", (32, 32), color)
+        prompt = [f"a {name}", crop, "box"] if i < 2 else [f"a {name} box"]
+        out.append(Example(f"k{i}", prompt, PIL.Image.fromarray(img), [mask] if i < 2 else []))
+    return out
+
+
+EXAMPLES = _examples()
+
+
+def rotating(urls, stage, seed, start_step=0):
+    """Batch i (global index) = examples i, i+1 (mod 3): the stream depends on position, like the loader."""
+    i = start_step
+    while True:
+        yield [EXAMPLES[i % 3], EXAMPLES[(i + 1) % 3]]
+        i += 1
+
+
+def fixed(urls, stage, seed, start_step=0):
+    while True:
+        yield EXAMPLES[:2]
+
+
+def profile(stage="tune", **kw):
+    return load_profile("tiny", overrides={f"train.{stage}.{k}": v for k, v in kw.items()})
+
+
+def test_overfits_a_fixed_batch(tmp_path: Path):
+    logs = []
+    prof = profile("pretrain", cfg_dropout=0.0, sample_every=0, checkpoint_every=100, log_every=1)
+    result = train("pretrain", prof, [], tmp_path, max_steps=20, iterate=fixed, on_log=lambda s, m: logs.append((s, m)))
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+    assert last < 0.5 * first, (first, last)
+    assert [s for s, _ in logs] == list(range(1, 21))
+    assert logs[-1][1]["loss"] == pytest.approx(result.losses[-1])
+    assert set(logs[0][1]) >= {"loss", "diffusion", "attn", "grad_norm", "lr/connector", "lr/encoder", "lr/unet"}
+    assert logs[0][1]["lr/unet"] < logs[5][1]["lr/unet"] == pytest.approx(1e-3)  # warmup (2 steps) then constant
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert (tmp_path / "model" / "mumu_config.json").exists()
+    assert [p.name for p in result.checkpoints] == ["step-000020"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _stop_at(step):
+    def cb(s, path):
+        if s == step:
+            raise Interrupt
+    return cb
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    prof = profile(checkpoint_every=2, sample_every=2, log_every=1, keep_checkpoints=5)
+    return prof, train("tune", prof, [], out, max_steps=4, iterate=rotating)
+
+
+def test_resume_is_exact_and_ignores_a_torn_save(uninterrupted, tmp_path: Path):
+    prof, full = uninterrupted
+    assert len(full.losses) == 4 and len(set(full.losses)) == 4
+    with pytest.raises(Interrupt):  # "killed" right after the step-2 checkpoint and preview
+        train("tune", prof, [], tmp_path, max_steps=4, iterate=rotating, on_sample=_stop_at(2))
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000002"]
+    # a save of step 4 killed half-way (temp dir with a torn file), and a step dir without its state
+    torn = ckpts / ".tmp-step-000004-x1"
+    torn.mkdir()
+    (torn / "weights.safetensors").write_bytes(b"\x00" * 10)
+    (ckpts / "step-000003").mkdir()
+    (ckpts / "step-000003" / "weights.safetensors").write_bytes(b"torn")
+
+    samples = []
+    resumed = train("tune", prof, [], tmp_path, max_steps=4, iterate=rotating,
+                    on_sample=lambda s, p: samples.append((s, p)))
+    assert resumed.start_step == 2 and resumed.steps == 4
+    assert not torn.exists()
+    assert resumed.losses == full.losses  # exact, per step
+    assert [s for s, _ in samples] == [4]
+    assert samples[0][1].read_bytes() == (full.out_dir / "samples" / "step-000004.png").read_bytes()
+    # the final models agree too
+    import safetensors.torch as st
+    a = st.load_file(str(full.model_dir / "connector" / "connector.safetensors"))
+    b = st.load_file(str(resumed.model_dir / "connector" / "connector.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_another_config(uninterrupted, tmp_path: Path):
+    prof, full = uninterrupted
+    other = profile(checkpoint_every=2, sample_every=2, log_every=1, keep_checkpoints=5, weight_decay=0.5)
+    with pytest.raises(UserError, match="different stage/config"):
+        train("tune", other, [], full.out_dir, max_steps=4, iterate=rotating)
+
+
+def test_stage2_starts_from_stage1_model(uninterrupted, tmp_path: Path):
+    from models.mumu_model import MumuModel
+
+    prof, full = uninterrupted
+    logs = []
+    train("tune", prof, [], tmp_path, init=full.model_dir, max_steps=1, iterate=rotating,
+          on_log=lambda s, m: logs.append(m))
+    # the first step's loss is the init model's loss on batch 0 under the step-1 generator
+    model = MumuModel.from_pretrained(full.model_dir).train()
+    stage = prof.train.tune
+    out = model.training_loss(model.prepare(next(rotating([], stage, 0))), step_generator(run_seed(prof, "tune"), 1, 0),
+                              stage.attn_loss, cfg_dropout=stage.cfg_dropout)
+    assert logs[0]["loss"] == pytest.approx(out["loss"].item(), rel=1e-6)
+    assert logs[0]["attn"] > 0
+    with pytest.raises(UserError, match="not a saved model"):
+        train("tune", prof, [], tmp_path / "x", init=tmp_path / "nowhere", max_steps=1, iterate=rotating)
+
+
+def test_non_finite_loss_names_the_step(tmp_path: Path, monkeypatch):
+    from models.mumu_model import MumuModel
+
+    real = MumuModel.training_loss
+    calls = []
+
+    def poisoned(self, batch, generator, attn_loss: AttnLossConfig, cfg_dropout=0.0):
+        out = real(self, batch, generator, attn_loss, cfg_dropout)
+        calls.append(1)
+        if len(calls) == 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(MumuModel, "training_loss", poisoned)
+    with pytest.raises(TrainingError, match="step 2: loss is nan") as err:
+        train("pretrain", profile("pretrain", sample_every=0), [], tmp_path, max_steps=5, iterate=fixed)
+    assert err.value.step == 2
+    assert not (tmp_path / "model").exists()
