@@ -10,11 +10,20 @@ from mumu.config.base import ModelSource, StrictModel
 
 
 class SamplerConfig(StrictModel):
+    """How mumu.generate samples. Betas, timesteps and prediction type always come from the model's training
+    scheduler; only the sampling choices below are configurable."""
+
     name: Literal["ddim", "euler"] = "ddim"
-    steps: int = 50
-    guidance_scale: float = 7.5
-    height: int | None = None  # None = the decoder's training resolution
-    width: int | None = None
+    steps: int = Field(50, ge=1)
+    # Classifier-free guidance against the empty prompt; <= 1 means no guidance (the uncond pass is skipped).
+    guidance_scale: float = Field(7.5, ge=0)
+    height: int | None = Field(None, ge=1)  # None = the decoder's training resolution
+    width: int | None = Field(None, ge=1)
+    # Where the sampling timesteps sit in [0, T): "trailing" starts at T-1, the noise level the sampler
+    # starts from (Lin et al. 2024, "Common diffusion noise schedules ... are flawed"); it matters at the
+    # few steps of the tiny profile. SDXL's published scheduler uses "leading" (+ steps_offset=1).
+    timestep_spacing: Literal["leading", "linspace", "trailing"] = "trailing"
+    batch_size: int = Field(8, ge=1)  # images per denoising batch (the UNet sees 2x this with guidance)
 
 
 class BenchmarkConfig(StrictModel):
