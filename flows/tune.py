@@ -5,24 +5,14 @@ Resumes from OUT's last checkpoint: re-running a finished stage only re-saves it
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from deployments.events import emit_stage_completed
 from mumu.config import load_profile
-from mumu.errors import UserError
+from mumu.runs import model_dir
 from tasks.train import train_stage
-
-
-def model_dir(run_or_model: str | Path) -> Path:
-    """A stage's run folder (its model is RUN/model) or a saved model folder itself."""
-    path = Path(run_or_model)
-    for candidate in (path / "model", path):
-        if (candidate / "mumu_config.json").is_file():
-            return candidate
-    raise UserError(f"{run_or_model}: no saved model (expected RUN/model/mumu_config.json from a training stage)")
 
 
 @flow(name="tune")

@@ -58,6 +58,9 @@ def cmd_build_data(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     cfg, overrides = _profile(args)
+    from mumu.data.shards import shard_urls
+
+    shard_urls(args.data)  # no shards → one line here, before Prefect starts
     from flows.pretrain import pretrain
 
     result = _with_runner(pretrain, cfg)(data=args.data, out=args.out, profile=args.profile, overrides=overrides,
@@ -67,6 +70,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     cfg, overrides = _profile(args)
+    from mumu.data.shards import shard_urls
+    from mumu.runs import model_dir
+
+    shard_urls(args.data), model_dir(args.init)
     from flows.tune import tune
 
     result = _with_runner(tune, cfg)(data=args.data, init=args.init, out=args.out, profile=args.profile,
@@ -88,6 +95,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg, overrides = _profile(args)
+    from mumu.runs import model_dir
+
+    model_dir(args.checkpoint)
     from flows.evaluate import evaluate
 
     report = _with_runner(evaluate, cfg)(checkpoint=args.checkpoint, out=args.out, bench=args.bench,

@@ -1,0 +1,79 @@
+"""pretrain → tune as Prefect flows on tiny shards: outputs, resume, and a crash healed by the task's retry."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mumu import SAMPLES_DIR
+from mumu.config import load_profile
+from mumu.data import stages
+from mumu.data.oracle import GroundTruth
+from mumu.data.scenes import render_scene
+from mumu.train import loop
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+EMOJI = SAMPLES_DIR.parent / "emoji"
+FAST = {"train.pretrain.checkpoint_every": 2, "train.pretrain.sample_every": 0,
+        "train.tune.checkpoint_every": 2, "train.tune.sample_every": 0}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Eight ground-truth emoji scenes → shards (oracle boxes and masks, so every sample has entities)."""
+    root, out = tmp_path_factory.mktemp("scenes"), tmp_path_factory.mktemp("shards")
+    oracle, rows = GroundTruth(), []
+    for i in range(8):
+        scene = render_scene(EMOJI, 500 + i)
+        oracle.add_scene(scene)
+        scene.image.save(root / f"s{i}.png")
+        rows.append(json.dumps({"image": f"s{i}.png", "caption": scene.caption}))
+    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = load_profile("tiny", {"data.compose.text_only_share": 0.0})
+    manifest, _ = stages.run_local(root, out, cfg.data, None, oracle, oracle, "test")
+    assert manifest.written == 8
+    return out
+
+
+def test_pretrain_then_tune_flows_write_models_and_resume(shards, tmp_path):
+    from flows.pretrain import pretrain
+    from flows.tune import tune
+
+    first = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=FAST, max_steps=3)
+    assert first["steps"] == 3 and first["resumed_from"] == 0
+    assert (tmp_path / "pre" / "model" / "mumu_config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "pre" / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+
+    again = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=FAST, max_steps=3)
+    assert again["resumed_from"] == 3 and again["final_loss"] == first["final_loss"]  # nothing retrained
+
+    tuned = tune(data=str(shards), init=str(tmp_path / "pre"), out=str(tmp_path / "tune"), overrides=FAST,
+                 attn_loss_weight=1.0, max_steps=2)
+    assert tuned["steps"] == 2 and Path(tuned["model"]).is_dir()
+
+
+def test_crash_mid_stage_is_healed_by_the_task_retry_with_identical_losses(shards, tmp_path, monkeypatch):
+    from flows.pretrain import pretrain
+
+    reference = loop.train("pretrain", load_profile("tiny", FAST), stages_urls(shards), tmp_path / "ref", max_steps=4)
+
+    real_save, crashed = loop.save_checkpoint, []
+
+    def save_then_crash(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        if not crashed:  # the process "dies" right after its first checkpoint (step 2)
+            crashed.append(path)
+            raise RuntimeError("simulated crash after a checkpoint")
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    result = pretrain(data=str(shards), out=str(tmp_path / "run"), overrides=FAST, max_steps=4)
+    assert crashed and crashed[0].name == "step-000002"
+    assert result["resumed_from"] == 2 and result["steps"] == 4  # the retry continued, not restarted
+    assert result["final_loss"] == pytest.approx(reference.final_loss, abs=1e-6)
+
+
+def stages_urls(shards):
+    from mumu.data.shards import shard_urls
+
+    return shard_urls(shards)
