@@ -102,7 +102,8 @@ def test_resume_regenerates_only_missing_chunks(single_bench, tmp_path):
     generate_benchmark(single_bench, CountingGenerator(), other, eval_cfg(chunk_size=5, samples_per_prompt=2))
     for item in single_bench.items:
         for k in range(2):
-            assert (other / f"images/{item.id}/{k}.png").read_bytes() == (out / f"images/{item.id}/{k}.png").read_bytes()
+            rel = f"images/{item.id}/{k}.png"
+            assert (other / rel).read_bytes() == (out / rel).read_bytes()
     assert gen.calls[2][2] == item_seed(cfg.seed, single_bench.items[0].id)
     record = json.loads(chunk_record_path(out, 0).read_text())
     assert record["item_ids"] == [i.id for i in single_bench.items[:4]] and record["samples_per_prompt"] == 2
@@ -193,7 +194,8 @@ def test_real_tiny_encoders_and_report_files(single_bench, tmp_path):
     assert [(r["Run"], r["Benchmark"], r["Images"]) for r in report.rows] == [("good", "bench-single", 12),
                                                                              ("swapped", "bench-single", 12)]
     for row, s in zip(report.rows, (good, bad)):
-        assert (row["DINO"], row["CLIP-I"], row["CLIP-T"], row["FID"]) == (s["dino"], s["clip_i"], s["clip_t"], s["fid"])
+        assert (row["DINO"], row["CLIP-I"], row["CLIP-T"], row["FID"]) == (s["dino"], s["clip_i"], s["clip_t"],
+                                                                         s["fid"])
         line = next(ln for ln in report.markdown.splitlines() if ln.startswith(f"| {row['Run']} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[2:6] == [f"{s['dino']:.3f}", f"{s['clip_i']:.3f}", f"{s['clip_t']:.3f}", f"{s['fid']:.2f}"]
