@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 
 from mumu.config import load_profile
 from mumu.config.eval import SamplerConfig
 from mumu.generate import MumuSampler, build_scheduler
+from mumu.prompt_syntax import load_image
 from models.mumu_model import MumuModel
 
 EMOJI = Path(__file__).resolve().parent.parent / "mumu" / "samples" / "emoji"
@@ -35,7 +35,7 @@ EMOJI = Path(__file__).resolve().parent.parent / "mumu" / "samples" / "emoji"
 def prompts(count: int) -> list[list]:
     """Text-only, one-image and two-image prompts in turn, with the bundled emoji as subjects."""
     files = sorted(EMOJI.glob("*.webp"))
-    imgs = [PIL.Image.open(f).convert("RGB") for f in files[:4]]
+    imgs = [load_image(f) for f in files[:4]]  # RGBA emoji over white, as the CLI reads them
     kinds = [["a photo of a cat on a sofa"], ["a", imgs[0], "on a beach"], ["a", imgs[1], "next to a", imgs[2]]]
     return [kinds[i % 3] for i in range(count)]
 

@@ -57,12 +57,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     from models.mumu_model import MumuModel
 
     model_dir = resolve_model_dir(path)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device} requested but CUDA is not available")
     try:
         model = MumuModel.from_pretrained(model_dir)
     except (ValueError, OSError, KeyError, TypeError, SafetensorError) as exn:  # corrupt / partial model dirs
         first = (str(exn).strip().splitlines() or [type(exn).__name__])[0]
         raise UserError(f"cannot load the model in {model_dir}: {first}") from exn
-    return model.to(torch.device(device))
+    return model.to(device)
 
 
 # --- schedulers -------------------------------------------------------------------------------------------
@@ -83,11 +86,22 @@ def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
+def _flatten_alpha(seg):
+    """Transparent prompt images over white, as mumu.prompt_syntax.load_image and the data stage's masked
+    segments do (a plain convert("RGB") would show whatever colour the transparent pixels hold)."""
+    if not isinstance(seg, PIL.Image.Image):
+        return seg
+    if seg.mode in ("RGBA", "LA", "PA") or (seg.mode == "P" and "transparency" in seg.info):
+        rgba = seg.convert("RGBA")
+        return PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return seg
+
+
 def _as_prompt(prompt) -> Prompt:
     if isinstance(prompt, (str, PIL.Image.Image)):
-        return [prompt]
+        prompt = [prompt]
     if isinstance(prompt, (list, tuple)):
-        return list(prompt)
+        return [_flatten_alpha(seg) for seg in prompt]
     raise UserError(f"a prompt must be a list of text / PIL image segments, not {type(prompt).__name__}")
 
 
@@ -111,7 +125,8 @@ def _select(cond, index: torch.Tensor):
 
 # --- the sampler ------------------------------------------------------------------------------------------
 class MumuSampler:
-    """Samples images from a MumuModel. Thread-unsafe only in the sense that the model is shared."""
+    """Samples images from a MumuModel (put in eval mode, attention capture off). Each call builds its own
+    scheduler, so one sampler can serve successive calls with different settings."""
 
     def __init__(self, model, sampler_cfg: SamplerConfig | None = None):
         from diffusers.image_processor import VaeImageProcessor
@@ -135,7 +150,9 @@ class MumuSampler:
     def generate(self, prompt: Prompt, n: int = 1, seed: int = 0, *, steps: int | None = None,
                  guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
                  negative: Prompt | str | None = None) -> list[PIL.Image.Image]:
-        """n images for one prompt; image i is drawn from seed + i."""
+        """n images for one prompt; image i is drawn from seed + i. Keyword arguments override the
+        SamplerConfig for this call; `negative` (a prompt) replaces the empty-prompt uncond and is unused
+        when guidance_scale <= 1."""
         return self.generate_batch([prompt], n, seed, steps=steps, guidance_scale=guidance_scale,
                                    height=height, width=width, negative=negative)[0]
 

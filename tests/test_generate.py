@@ -22,7 +22,7 @@ from models.mumu_model import MumuModel
 RED = PIL.Image.new("RGB", (40, 32), (220, 30, 30))
 BLUE = PIL.Image.new("RGB", (36, 36), (30, 30, 220))
 GREEN = PIL.Image.new("RGB", (24, 48), (30, 200, 30))
-CFG = SamplerConfig(steps=3, guidance_scale=3.0)
+CFG = SamplerConfig(steps=2, guidance_scale=3.0)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -105,6 +105,16 @@ def test_prompts_with_0_1_2_images(sampler, images):
         assert np.abs(px(got[0]) - px(other[0])).mean() > 0.5
     else:
         assert np.abs(px(got[0]) - px(sampler.generate(["a photo of a chair"], seed=4)[0])).mean() > 0.5
+
+
+def test_transparent_prompt_images_sit_on_white(sampler):
+    rgba = PIL.Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # transparent black everywhere...
+    rgba.paste((220, 30, 30, 255), (8, 8, 24, 24))  # ...but a red square
+    flat = PIL.Image.new("RGB", (32, 32), "white")
+    flat.paste((220, 30, 30), (8, 8, 24, 24))
+    got = px(sampler.generate(["a", rgba], seed=1)[0])
+    assert np.array_equal(got, px(sampler.generate(["a", flat], seed=1)[0]))
+    assert not np.array_equal(got, px(sampler.generate(["a", rgba.convert("RGB")], seed=1)[0]))
 
 
 def test_long_prompt_drops_images_with_a_warning(sampler, caplog):
