@@ -47,8 +47,11 @@ def inputs_resource_id(input_dir: str | Path) -> str:
     return f"mumu.inputs.{digest}"
 
 
-def emit_data_landed(input_dir: str | Path, new_files: list[str]):
-    """Announce a batch of new input files under `input_dir` (paths relative to it)."""
+def emit_data_landed(input_dir: str | Path, new_files: list[str], out: str | Path | None = None):
+    """Announce a batch of new input files under `input_dir` (paths relative to it).
+
+    `out` (optional) is the run folder the triggered stages should write into (RUN/data, RUN/pretrain, ...).
+    """
     input_dir = str(Path(input_dir).resolve())
     resource = {
         "prefect.resource.id": inputs_resource_id(input_dir),
@@ -56,4 +59,6 @@ def emit_data_landed(input_dir: str | Path, new_files: list[str]):
         "mumu.input": input_dir,
     }
     payload = {"input": input_dir, "new": sorted(new_files), "count": len(new_files)}
+    if out is not None:
+        payload["out"] = str(out)
     return emit_event(event=DATA_LANDED, resource=resource, payload=payload)

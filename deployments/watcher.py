@@ -14,6 +14,7 @@ A file modified less than `settle_seconds` ago is left for the next poll: it may
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -103,13 +104,23 @@ def poll(
 
 
 @flow(name="watch-inputs", log_prints=False)
-def watch_inputs(input_dir: str, state_file: str | None = None, settle_seconds: float = 5.0) -> dict:
-    """Emit `mumu.data.landed` for files that landed in `input_dir` since the previous run."""
+def watch_inputs(input_dir: str, state_file: str | None = None, out: str | None = None,
+                 settle_seconds: float = 5.0, create_missing: bool = False) -> dict:
+    """Emit `mumu.data.landed` for files that landed in `input_dir` since the previous run.
+
+    `out`: the run folder the triggered build-data (and the stages it chains) write under
+    (default runs/landed/<input folder name>), sent in the event's payload.
+    """
     log = get_run_logger()
-    batch = poll(input_dir, state_file, settle_seconds)
+    root = Path(input_dir).resolve()
+    if create_missing:
+        root.mkdir(parents=True, exist_ok=True)
+    run_root = Path(out) if out else Path("runs") / "landed" / root.name
+    emit = functools.partial(emit_data_landed, out=str(run_root.resolve()))
+    batch = poll(input_dir, state_file, settle_seconds, emit=emit)
     if batch:
         log.info("%d new input file(s) in %s: %s", len(batch), input_dir,
                  ", ".join(batch[:10]) + (" …" if len(batch) > 10 else ""))
     else:
         log.info("nothing new in %s", input_dir)
-    return {"input": str(Path(input_dir).resolve()), "new": batch, "count": len(batch)}
+    return {"input": str(root), "new": batch, "count": len(batch)}

@@ -141,21 +141,36 @@ def test_flow_emits_one_event_per_batch_to_the_server(tmp_path):
     _touch(tmp_path / "b.tar")
     rid = events.inputs_resource_id(tmp_path)
 
-    first = watcher.watch_inputs(str(tmp_path), settle_seconds=0)
+    run = str(tmp_path / "run")
+    first = watcher.watch_inputs(str(tmp_path), out=run, settle_seconds=0)
     assert first == {"input": str(tmp_path.resolve()), "new": ["a.png", "b.tar"], "count": 2}
-    assert watcher.watch_inputs(str(tmp_path), settle_seconds=0)["count"] == 0
+    assert watcher.watch_inputs(str(tmp_path), out=run, settle_seconds=0)["count"] == 0
     _touch(tmp_path / "c.png")
-    assert watcher.watch_inputs(str(tmp_path), settle_seconds=0)["new"] == ["c.png"]
+    assert watcher.watch_inputs(str(tmp_path), out=run, settle_seconds=0)["new"] == ["c.png"]
 
     got = _wait_events(events.DATA_LANDED, since, rid, 2)
     payloads = sorted((e.payload for e in got), key=lambda p: p["count"])
     assert payloads == [
-        {"input": str(tmp_path.resolve()), "new": ["c.png"], "count": 1},
-        {"input": str(tmp_path.resolve()), "new": ["a.png", "b.tar"], "count": 2},
+        {"input": str(tmp_path.resolve()), "new": ["c.png"], "count": 1, "out": run},
+        {"input": str(tmp_path.resolve()), "new": ["a.png", "b.tar"], "count": 2, "out": run},
     ]
     assert all(e.resource["mumu.input"] == str(tmp_path.resolve()) for e in got)
     time.sleep(1.0)  # the no-op poll must not have emitted a late third event
     assert len(_read_events(events.DATA_LANDED, since, rid)) == 2
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_missing_folder_is_created_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sent = []
+    monkeypatch.setattr(watcher, "emit_data_landed", lambda *a, **k: sent.append((a, k)))
+    with pytest.raises(UserError, match="not a folder"):
+        watcher.watch_inputs("inbox")
+    assert watcher.watch_inputs("inbox", create_missing=True)["count"] == 0
+    _touch(tmp_path / "inbox" / "a.png")
+    assert watcher.watch_inputs("inbox", settle_seconds=0)["new"] == ["a.png"]
+    # default run folder: runs/landed/<folder name>, absolute so the triggered run writes the same place
+    assert sent == [((tmp_path / "inbox", ["a.png"]), {"out": str(tmp_path / "runs" / "landed" / "inbox")})]
 
 
 @pytest.mark.usefixtures("prefect_server")

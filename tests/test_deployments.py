@@ -1,0 +1,170 @@
+"""prefect.yaml end to end on a real local server: deploy --all, a process worker runs build-data to
+Completed, the watcher's event triggers build-data, stage events trigger the next stage with templated
+parameters.
+
+Runs in its own PREFECT_HOME with `prefect server start` on a free port (not the session test harness:
+workers and triggers need a real server). Only the processes started here are stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.local_server import local_server, prefect_cli, worker
+from mumu.cli import SAMPLES_DIR
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = "mumu-process"
+EXPECTED = {"build-data/mumu", "pretrain/mumu", "tune/mumu", "evaluate/mumu", "pipeline/nightly",
+            "watch-inputs/inbox"}
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class Api:
+    def __init__(self, env):
+        self.http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
+
+    def deployments(self) -> dict[str, dict]:
+        flows = {f["id"]: f["name"] for f in self.http.post("/flows/filter", json={}).json()}
+        return {f"{flows[d['flow_id']]}/{d['name']}": d for d in self.http.post("/deployments/filter", json={}).json()}
+
+    def runs_of(self, deployment_id: str) -> list[dict]:
+        body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
+        return self.http.post("/flow_runs/filter", json=body).json()
+
+    def run(self, run_id: str) -> dict:
+        return self.http.get(f"/flow_runs/{run_id}").json()
+
+
+def _wait(what, check, timeout, interval=1.0, on_timeout=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{on_timeout()}")
+        time.sleep(interval)
+
+
+def _wait_completed(api, run_id, timeout, log):
+    def done():
+        state = api.run(run_id)["state"]["type"]
+        if state in ("FAILED", "CRASHED", "CANCELLED"):
+            pytest.fail(f"flow run {run_id} ended {state}\n{log()}")
+        return state == "COMPLETED"
+
+    _wait(f"flow run {run_id} to complete", done, timeout, on_timeout=log)
+
+
+def _tail(path: Path, n=60) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+
+def _emit(env, event, resource, payload):
+    prefect_cli(["event", "emit", event, "--resource", json.dumps(resource), "--payload", json.dumps(payload)], env)
+
+
+def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
+    home = tmp_path / "prefect-home"
+    worker_log = tmp_path / "worker.log"
+    with local_server(home) as env:
+        api = Api(env)
+        # the setup steps of docs/operations.md
+        prefect_cli(["work-pool", "create", POOL, "--type", "process"], env)
+        prefect_cli(["work-pool", "set-concurrency-limit", POOL, "4"], env)
+        prefect_cli(["work-queue", "create", "gpu", "--pool", POOL, "--limit", "1"], env)
+        prefect_cli(["--no-prompt", "deploy", "--all"], env, cwd=REPO, timeout=400)
+
+        deployments = api.deployments()
+        assert set(deployments) == EXPECTED
+        queues = {name: d["work_queue_name"] for name, d in deployments.items()}
+        assert {n for n, q in queues.items() if q == "gpu"} == {"pretrain/mumu", "tune/mumu", "evaluate/mumu",
+                                                             "pipeline/nightly"}
+        assert all(d["work_pool_name"] == POOL for d in deployments.values())
+        assert all(d["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
+                                        {"directory": str(REPO)}}] for d in deployments.values())
+        gpu_queue = api.http.post(f"/work_pools/{POOL}/queues/filter", json={}).json()
+        assert {q["name"]: q["concurrency_limit"] for q in gpu_queue}["gpu"] == 1
+        schedules = {name: [s["active"] for s in d["schedules"]] for name, d in deployments.items()}
+        assert schedules["pipeline/nightly"] == [False] and schedules["watch-inputs/inbox"] == [True]
+        # Only the runs this test starts: no scheduled watcher polls of the checkout's runs/inbox.
+        prefect_cli(["deployment", "schedule", "pause", "--all"], env)
+
+        # The worker serves the "default" queue only: the gpu-queue runs the triggers create stay
+        # Scheduled, so their parameters can be checked without training anything here. It polls every
+        # second (default 10 s) to keep this test short.
+        fast = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+        with worker(POOL, fast, cwd=tmp_path, queues=["default"], log_path=worker_log):
+            log = lambda: "worker log:\n" + _tail(worker_log)  # noqa: E731
+
+            # 1. a manual deployment run, parameters from the command line; and at the same time
+            # 2. files land → the watcher deployment emits mumu.data.landed → a build-data run on them
+            out = tmp_path / "data"
+            ran = prefect_cli(["deployment", "run", "build-data/mumu", "--param", f"input_path={SAMPLES_DIR}",
+                               "--param", f"out={out}"], env)
+            manual_id = UUID.search(ran.stdout).group(0)
+            inbox, landed = tmp_path / "inbox", tmp_path / "landed"
+            inbox.mkdir()
+            for p in sorted(SAMPLES_DIR.glob("*.png"))[:3]:
+                shutil.copy(p, inbox / p.name)
+            ran = prefect_cli(["deployment", "run", "watch-inputs/inbox", "--param", f"input_dir={inbox}",
+                               "--param", f"out={landed}", "--param", "settle_seconds=0"], env)
+            _wait_completed(api, UUID.search(ran.stdout).group(0), 180, log)
+
+            build_id = deployments["build-data/mumu"]["id"]
+            triggered = _wait(
+                "the build-data run triggered by mumu.data.landed",
+                lambda: [r for r in api.runs_of(build_id) if r["parameters"].get("input_path") == str(inbox)],
+                60, on_timeout=log,
+            )
+            assert len(triggered) == 1
+            assert triggered[0]["parameters"]["out"] == f"{landed}/data"
+
+            _wait_completed(api, manual_id, 240, log)
+            manifest = json.loads((out / "manifest.json").read_text())
+            n_inputs = len(list(SAMPLES_DIR.glob("*.png")))
+            assert manifest["inputs"] == n_inputs == manifest["written"] + manifest["quarantined"]
+            assert manifest["written"] > 0
+            for shard in manifest["shards"]:
+                assert (out / shard["name"]).stat().st_size > 0
+
+            _wait_completed(api, triggered[0]["id"], 240, log)
+            landed_manifest = json.loads((landed / "data" / "manifest.json").read_text())
+            assert landed_manifest["inputs"] == 3
+
+        # 3. a stage's completion (top-level deployment run: "mumu.chain" true) starts the next stage,
+        #    its parameters rendered from the event payload
+        run_root = tmp_path / "chain"
+        _emit(env, "mumu.stage.completed",
+              {"prefect.resource.id": "mumu.stage.pretrain", "mumu.stage": "pretrain", "mumu.chain": "true"},
+              {"out": f"{run_root}/pretrain", "data": f"{run_root}/data"})
+        tune_id = deployments["tune/mumu"]["id"]
+        tune_runs = _wait("the tune run triggered by pretrain's completion", lambda: api.runs_of(tune_id), 60)
+        assert len(tune_runs) == 1
+        assert tune_runs[0]["parameters"] == {"data": f"{run_root}/data", "init": f"{run_root}/pretrain",
+                                              "out": f"{run_root}/tune", "profile": "tiny"}
+        # ... and a stage run inside the pipeline ("mumu.chain" false) starts nothing
+        _emit(env, "mumu.stage.completed",
+              {"prefect.resource.id": "mumu.stage.tune", "mumu.stage": "tune", "mumu.chain": "false"},
+              {"out": f"{run_root}/tune", "data": f"{run_root}/data"})
+        _emit(env, "mumu.stage.completed",
+              {"prefect.resource.id": "mumu.stage.build-data", "mumu.stage": "build-data", "mumu.chain": "true"},
+              {"out": f"{run_root}/data"})
+        pretrain_id = deployments["pretrain/mumu"]["id"]
+        pretrain_runs = _wait("the pretrain run triggered by build-data's completion",
+                              lambda: [r for r in api.runs_of(pretrain_id)
+                                       if r["parameters"]["data"] == f"{run_root}/data"], 60)
+        assert pretrain_runs[0]["parameters"]["out"] == f"{run_root}/pretrain"
+        # the chain=false event was emitted before the one just seen: its automation has had its chance
+        time.sleep(3)
+        assert api.runs_of(deployments["evaluate/mumu"]["id"]) == []
