@@ -36,8 +36,11 @@ def worker_device(runtime: RuntimeConfig) -> torch.device:
 
 
 def cached_model(kind: str, cfg: Any, device: torch.device, build: Callable[[], Any]) -> Any:
-    """Load `build()` once per (kind, config, device) in this process; threads wait for the first load."""
-    key = (kind, f"{cfg.model_dump_json()}@{device}")
+    """Load `build()` once per (kind, config, device) in this process; threads wait for the first load.
+
+    `cfg` identifies the model: a config section (pydantic) or any string (e.g. a checkpoint path)."""
+    ident = cfg.model_dump_json() if hasattr(cfg, "model_dump_json") else str(cfg)
+    key = (kind, f"{ident}@{device}")
     with _lock:
         if key not in _cache:
             torch.set_grad_enabled(False)

@@ -1,0 +1,64 @@
+"""Tasks of the evaluate flow: generation mapped over benchmark chunks (resumable), scoring, the report."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from mumu.config.eval import EvalConfig, ReportConfig
+from mumu.config.runtime import RuntimeConfig
+from mumu.errors import UserError
+from mumu.eval import runner
+from mumu.eval.benchmarks import Benchmark, BenchItem
+from tasks.models import cached_model, worker_device
+
+
+def _retryable(task, task_run, state) -> bool:
+    return not isinstance(state.result(raise_on_failure=False), UserError)
+
+
+_opts = dict(cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1,
+             retry_condition_fn=_retryable)
+
+
+@task(name="generate-chunk", **_opts)
+def generate_chunk(items: list[BenchItem], chunk_index: int, checkpoint: str, out_dir: str, cfg: EvalConfig,
+                   runtime: RuntimeConfig) -> runner.ChunkResult:
+    """One chunk of a benchmark; a chunk whose record exists is returned without generating again."""
+    from mumu.generate import MumuSampler
+
+    device = worker_device(runtime)
+    sampler = cached_model("sampler", f"{checkpoint}|{cfg.sampler.model_dump_json()}", device,
+                           lambda: MumuSampler.from_checkpoint(checkpoint, cfg.sampler, device))
+    return runner.generate_chunk(items, sampler.generate, out_dir, chunk_index, cfg)
+
+
+@task(name="score-benchmark", **_opts)
+def score_benchmark(bench: Benchmark, out_dir: str, cfg: EvalConfig, runtime: RuntimeConfig) -> dict:
+    from models.eval_encoders import EvalEncoders
+
+    device = worker_device(runtime)
+    encoders = cached_model("eval-encoders", f"{cfg.dino.model_dump_json()}|{cfg.clip.model_dump_json()}", device,
+                            lambda: EvalEncoders.from_config(cfg, device))
+    return runner.score(bench, out_dir, encoders, cfg)
+
+
+@task(name="write-report", **_opts)
+def write_report(scores: list[dict], out_dir: str, cfg: ReportConfig, run: str) -> runner.Report:
+    return runner.write_report(scores, out_dir, cfg, run=run)
+
+
+def inline_images(markdown: str, base: Path, limit: int = 300_000) -> str:
+    """Image links → data URIs (small files only), so the Prefect UI shows a report's grids without a file server."""
+
+    def repl(match: re.Match) -> str:
+        path = base / match.group(2)
+        if not path.is_file() or path.stat().st_size > limit:
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", repl, markdown)
