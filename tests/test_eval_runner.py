@@ -227,3 +227,25 @@ def test_evaluate_runs_the_configured_benchmarks_end_to_end(tmp_path):
     assert (tmp_path / "eval" / "bench-single" / "chunks" / "chunk-00001.json").exists()
     evaluate(gen, tmp_path / "eval", PixelEncoders(), cfg, run="run/1")  # finished: nothing regenerated
     assert len(gen.calls) == 6 + n_multi
+
+
+def test_batched_generation_gives_the_same_images_in_one_call_per_chunk(single_bench, tmp_path):
+    cfg = eval_cfg(chunk_size=4, samples_per_prompt=2)
+    per_item = CountingGenerator()
+    generate_benchmark(single_bench, per_item, tmp_path / "a", cfg)
+    batch_calls = []
+
+    def batch_fn(prompts, n, seeds):
+        batch_calls.append(len(prompts))
+        single = CountingGenerator()
+        return [single(p, n, s) for p, s in zip(prompts, seeds)]
+
+    results = generate_benchmark(single_bench, None, tmp_path / "b", cfg, generate_batch_fn=batch_fn)
+    assert batch_calls == [4, 2] and all(r.generated for r in results)
+    for item in single_bench.items:
+        for k in range(2):
+            rel = f"images/{item.id}/{k}.png"
+            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    with pytest.raises(ValueError, match="2 results for 4 prompts"):
+        generate_chunk(chunk(single_bench.items, 4)[0], None, tmp_path / "c", 0, cfg,
+                       generate_batch_fn=lambda p, n, s: [[], []])

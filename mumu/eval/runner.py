@@ -10,7 +10,10 @@ and a retried Prefect task does no duplicate work. Sampling seeds derive from `e
 item id only, so images do not depend on chunk size or on which chunks were resumed.
 
 `generate_fn(prompt_segments: list[str | PIL.Image], n: int, seed: int) -> list[PIL.Image]` is the
-generator (passed in; tests give a fake).
+generator (passed in; tests give a fake), e.g. `MumuSampler.generate`. Optionally
+`generate_batch_fn(prompts: list[list[str | PIL.Image]], n: int, seeds: list[int]) -> list[list[PIL.Image]]`
+(e.g. `MumuSampler.generate_batch`) generates a whole chunk in one call, so its items share
+denoising batches; the seeds are the same per item, so both paths give the same images.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from mumu.eval.report import Report, write_report  # re-exported: the runner's l
 from mumu.io import atomic_path, write_json_atomic
 
 GenerateFn = Callable[[list, int, int], list[Image.Image]]
+GenerateBatchFn = Callable[[list[list], int, list[int]], list[list[Image.Image]]]
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,13 @@ def _read_record(path: Path, items: list[BenchItem], cfg: EvalConfig, out_dir: P
                        seconds=record["seconds"])
 
 
-def generate_chunk(items: list[BenchItem], generate_fn: GenerateFn, out_dir: str | Path, chunk_index: int,
-                   cfg: EvalConfig) -> ChunkResult:
-    """Generate `cfg.samples_per_prompt` images for each item of one chunk, unless already done."""
+def generate_chunk(items: list[BenchItem], generate_fn: GenerateFn | None, out_dir: str | Path, chunk_index: int,
+                   cfg: EvalConfig, *, generate_batch_fn: GenerateBatchFn | None = None) -> ChunkResult:
+    """Generate `cfg.samples_per_prompt` images for each item of one chunk, unless already done.
+
+    Uses `generate_batch_fn` (one call for the chunk) when given, else `generate_fn` per item."""
+    if generate_fn is None and generate_batch_fn is None:
+        raise ValueError("give generate_fn or generate_batch_fn")
     out_dir = Path(out_dir)
     record_path = chunk_record_path(out_dir, chunk_index)
     done = _read_record(record_path, items, cfg, out_dir)
@@ -83,9 +91,16 @@ def generate_chunk(items: list[BenchItem], generate_fn: GenerateFn, out_dir: str
         return done
     start = time.perf_counter()
     images: dict[str, list[str]] = {}
-    for item in items:
-        n = cfg.samples_per_prompt
-        outputs = generate_fn(item.load_prompt(), n, item_seed(cfg.seed, item.id))
+    n = cfg.samples_per_prompt
+    seeds = [item_seed(cfg.seed, item.id) for item in items]
+    if generate_batch_fn is not None:
+        batched = generate_batch_fn([item.load_prompt() for item in items], n, seeds)
+        if len(batched) != len(items):
+            raise ValueError(f"generate_batch_fn returned {len(batched)} results for {len(items)} prompts")
+        per_item = iter(batched)
+    else:  # lazily, so images of finished items are on disk before a later item fails
+        per_item = (generate_fn(item.load_prompt(), n, seed) for item, seed in zip(items, seeds))
+    for item, outputs in zip(items, per_item):
         if len(outputs) != n or not all(isinstance(im, Image.Image) for im in outputs):
             raise ValueError(f"generate_fn returned {len(outputs)} objects for item {item.id}, expected {n} PIL images")
         rel = [f"images/{item.id}/{k}.png" for k in range(n)]
@@ -100,10 +115,10 @@ def generate_chunk(items: list[BenchItem], generate_fn: GenerateFn, out_dir: str
     return ChunkResult(chunk_index, [item.id for item in items], images, generated=True, seconds=seconds)
 
 
-def generate_benchmark(bench: Benchmark, generate_fn: GenerateFn, out_dir: str | Path,
-                       cfg: EvalConfig) -> list[ChunkResult]:
+def generate_benchmark(bench: Benchmark, generate_fn: GenerateFn | None, out_dir: str | Path, cfg: EvalConfig,
+                       *, generate_batch_fn: GenerateBatchFn | None = None) -> list[ChunkResult]:
     """Every chunk of `bench` in order (the lead may map `generate_chunk` over chunks instead)."""
-    return [generate_chunk(items, generate_fn, out_dir, i, cfg)
+    return [generate_chunk(items, generate_fn, out_dir, i, cfg, generate_batch_fn=generate_batch_fn)
             for i, items in enumerate(chunk(bench.items, cfg.chunk_size))]
 
 
@@ -195,7 +210,8 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
         "fid": fid, "fid_features": cfg.fid.features, "fid_note": fid_note, "items": per_item,
     }
 
-def evaluate(generate_fn: GenerateFn, out_dir: str | Path, encoders, cfg: EvalConfig, run: str = "mumu") -> Report:
+def evaluate(generate_fn: GenerateFn | None, out_dir: str | Path, encoders, cfg: EvalConfig, run: str = "mumu",
+             *, generate_batch_fn: GenerateBatchFn | None = None) -> Report:
     """The whole evaluation in one process: build the configured benchmarks, generate each (resuming
     finished chunks) under `<out_dir>/<benchmark name>`, score them and write the report in `out_dir`.
     The Prefect flow maps `generate_chunk` over chunks instead; this is the same sequence, unmapped."""
@@ -204,7 +220,7 @@ def evaluate(generate_fn: GenerateFn, out_dir: str | Path, encoders, cfg: EvalCo
     out_dir = Path(out_dir)
     scores = []
     for bench in build_benchmarks(cfg.benchmark):
-        generate_benchmark(bench, generate_fn, out_dir / bench.name, cfg)
+        generate_benchmark(bench, generate_fn, out_dir / bench.name, cfg, generate_batch_fn=generate_batch_fn)
         scores.append(score(bench, out_dir / bench.name, encoders, cfg))
     return write_report(scores, out_dir, cfg.report, run=run)
 
