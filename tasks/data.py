@@ -5,80 +5,63 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from data_schemas import Manifest, ShardReport
 from mumu.config.data import CaptionConfig, DataConfig, DetectConfig, EntitiesConfig, IngestConfig, SegmentConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.data import stages
-from mumu.errors import UserError
-from tasks.models import Lazy, cached_model, worker_device
+from tasks.common import TASK_OPTIONS, lazy_model
 
 
-
-def _retryable(task, task_run, state) -> bool:
-    """Retry transient failures, not the user's mistakes: those fail the same way every time."""
-    return not isinstance(state.result(raise_on_failure=False), UserError)
-
-
-# Shard work holds decoded images: never hash it for Prefect's cache, never persist it as a result.
-_stage = dict(
-    cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1, retry_condition_fn=_retryable
-)
-
-
-@task(name="plan-shards", **_stage)
+@task(name="plan-shards", **TASK_OPTIONS)
 def plan_shards(input_path: str, cfg: IngestConfig) -> list[stages.InputShard]:
     return stages.plan_shards(Path(input_path), cfg)
 
 
-@task(name="ingest", **_stage)
+@task(name="ingest", **TASK_OPTIONS)
 def ingest(shard: stages.InputShard, cfg: IngestConfig) -> stages.ShardWork:
     return stages.ingest(shard, cfg)
 
 
-@task(name="caption", **_stage)
+@task(name="caption", **TASK_OPTIONS)
 def caption(work: stages.ShardWork, cfg: CaptionConfig, runtime: RuntimeConfig) -> stages.ShardWork:
     from models.captioner import Captioner
 
-    device = worker_device(runtime)
-    captioner = Lazy(lambda: cached_model("captioner", cfg, device, lambda: Captioner.from_config(cfg, device)))
+    captioner = lazy_model("captioner", Captioner, cfg, runtime)
     return stages.caption(work, captioner)
 
 
-@task(name="entities", **_stage)
+@task(name="entities", **TASK_OPTIONS)
 def find_entities(work: stages.ShardWork, cfg: EntitiesConfig) -> stages.ShardWork:
     return stages.find_entities(work, cfg)
 
 
-@task(name="detect", **_stage)
+@task(name="detect", **TASK_OPTIONS)
 def detect(work: stages.ShardWork, cfg: DetectConfig, runtime: RuntimeConfig) -> stages.ShardWork:
     from models.detector import Detector
 
-    device = worker_device(runtime)
-    detector = Lazy(lambda: cached_model("detector", cfg, device, lambda: Detector.from_config(cfg, device)))
+    detector = lazy_model("detector", Detector, cfg, runtime)
     return stages.detect(work, detector)
 
 
-@task(name="segment", **_stage)
+@task(name="segment", **TASK_OPTIONS)
 def segment(work: stages.ShardWork, cfg: SegmentConfig, runtime: RuntimeConfig) -> stages.ShardWork:
     from models.segmenter import Segmenter
 
-    device = worker_device(runtime)
-    segmenter = Lazy(lambda: cached_model("segmenter", cfg, device, lambda: Segmenter.from_config(cfg, device)))
+    segmenter = lazy_model("segmenter", Segmenter, cfg, runtime)
     return stages.segment(work, segmenter)
 
 
-@task(name="compose", **_stage)
+@task(name="compose", **TASK_OPTIONS)
 def compose(work: stages.ShardWork, cfg: DataConfig) -> stages.ShardWork:
     return stages.compose(work, cfg.compose)
 
 
-@task(name="write-shard", **_stage)
+@task(name="write-shard", **TASK_OPTIONS)
 def write(work: stages.ShardWork, out_dir: str, cfg: DataConfig) -> ShardReport:
     return stages.write(work, Path(out_dir), cfg)
 
 
-@task(name="write-manifest", **_stage)
+@task(name="write-manifest", **TASK_OPTIONS)
 def write_manifest(out_dir: str, reports: list[ShardReport], config_hash: str) -> Manifest:
     return stages.write_manifest(Path(out_dir), reports, config_hash)

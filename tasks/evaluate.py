@@ -7,25 +7,15 @@ import re
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from mumu.config.eval import EvalConfig, ReportConfig
 from mumu.config.runtime import RuntimeConfig
-from mumu.errors import UserError
 from mumu.eval import runner
 from mumu.eval.benchmarks import Benchmark, BenchItem
-from tasks.models import cached_model, worker_device
+from tasks.common import TASK_OPTIONS, cached_model, worker_device
 
 
-def _retryable(task, task_run, state) -> bool:
-    return not isinstance(state.result(raise_on_failure=False), UserError)
-
-
-_opts = dict(cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1,
-             retry_condition_fn=_retryable)
-
-
-@task(name="generate-chunk", **_opts)
+@task(name="generate-chunk", **TASK_OPTIONS)
 def generate_chunk(items: list[BenchItem], chunk_index: int, checkpoint: str, out_dir: str, cfg: EvalConfig,
                    runtime: RuntimeConfig) -> runner.ChunkResult:
     """One chunk of a benchmark; a chunk whose record exists is returned without generating again."""
@@ -37,7 +27,7 @@ def generate_chunk(items: list[BenchItem], chunk_index: int, checkpoint: str, ou
     return runner.generate_chunk(items, sampler.generate, out_dir, chunk_index, cfg)
 
 
-@task(name="score-benchmark", **_opts)
+@task(name="score-benchmark", **TASK_OPTIONS)
 def score_benchmark(bench: Benchmark, out_dir: str, cfg: EvalConfig, runtime: RuntimeConfig) -> dict:
     from models.eval_encoders import EvalEncoders
 
@@ -47,7 +37,7 @@ def score_benchmark(bench: Benchmark, out_dir: str, cfg: EvalConfig, runtime: Ru
     return runner.score(bench, out_dir, encoders, cfg)
 
 
-@task(name="write-report", **_opts)
+@task(name="write-report", **TASK_OPTIONS)
 def write_report(scores: list[dict], out_dir: str, cfg: ReportConfig, run: str) -> runner.Report:
     return runner.write_report(scores, out_dir, cfg, run=run)
 

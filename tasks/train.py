@@ -15,16 +15,11 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from mumu.config import load_profile
-from mumu.errors import UserError
 from mumu.data.shards import shard_urls
 from mumu.train.entry import result_summary
-
-
-def _retryable(task, task_run, state) -> bool:
-    return not isinstance(state.result(raise_on_failure=False), UserError)
+from tasks.common import TASK_OPTIONS
 
 
 def _publish_sample(stage: str, step: int, png: Path) -> None:
@@ -49,8 +44,7 @@ def _launch_argv(stage: str, profile: str, overrides: dict | None, data: str, ou
     return argv
 
 
-@task(name="train-stage", cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=_retryable)
+@task(name="train-stage", **{**TASK_OPTIONS, "retries": 1, "retry_delay_seconds": 5})
 def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data: str, out: str,
                 init: str | None = None, max_steps: int | None = None) -> dict[str, Any]:
     from mumu.train.loop import train

@@ -1,7 +1,8 @@
-"""Per-process model cache for tasks: each worker process loads a model once and reuses it.
+"""What every task module shares: task options, the retry rule, and the per-process model cache.
 
-With the thread runner all tasks share one replica; with the Dask runner each worker process holds
-its own, which is what "one model replica per GPU" means once workers are pinned to devices.
+Each worker process loads a model once and reuses it. With the thread runner all tasks share one
+replica; with the Dask runner each worker process holds its own, which is what "one model replica per
+GPU" means once workers are pinned to devices.
 """
 
 from __future__ import annotations
@@ -13,8 +14,22 @@ from typing import Any, Callable
 
 import torch
 
+from prefect.cache_policies import NO_CACHE
+
 from mumu.config.runtime import RuntimeConfig
+from mumu.errors import UserError
 from models.hf import resolve_device
+
+
+def retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry transient failures, not the user's mistakes: those fail the same way every time."""
+    return not isinstance(state.result(raise_on_failure=False), UserError)
+
+
+# Task inputs hold decoded images and models' outputs: never hash them for Prefect's cache, never
+# persist them as results. Retries are on by default; flows raise them to the profile's count.
+TASK_OPTIONS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1,
+                                    retry_condition_fn=retry_unless_user_error)
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, str], Any] = {}
@@ -46,6 +61,12 @@ def cached_model(kind: str, cfg: Any, device: torch.device, build: Callable[[], 
             torch.set_grad_enabled(False)
             _cache[key] = build()
         return _cache[key]
+
+
+def lazy_model(kind: str, model_cls: Any, cfg: Any, runtime: RuntimeConfig) -> "Lazy":
+    """`model_cls.from_config(cfg, device)` from this process's cache, loaded on first use."""
+    device = worker_device(runtime)
+    return Lazy(lambda: cached_model(kind, cfg, device, lambda: model_cls.from_config(cfg, device)))
 
 
 class Lazy:
