@@ -19,7 +19,7 @@ from transformers.image_transforms import center_to_corners_format
 
 from mumu.config import ModelSource
 from mumu.config.data import DetectConfig
-from models.hf import _merged, build_seeded, default_words, pretrained_kwargs, torch_dtype
+from models.hf import build_seeded, default_words, merge_config, pretrained_kwargs, torch_dtype
 
 Box = tuple[float, float, float, float]
 
@@ -79,7 +79,7 @@ def build_grounding_dino(source: ModelSource):
             source.pretrained, dtype=torch_dtype(source.dtype), **kwargs
         )
         return model.eval(), processor
-    cfg = _merged(TINY_GROUNDING_DINO, source.config or {})
+    cfg = merge_config(TINY_GROUNDING_DINO, source.config or {})
     tokenizer = build_tiny_bert_tokenizer()
     size = cfg["image_size"]
     # The Pil processor: torchvision (needed by the default fast one) does not run on this machine.

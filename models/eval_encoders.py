@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from mumu.config import ModelSource
-from models.hf import _merged, build_seeded, build_word_tokenizer, pretrained_kwargs, torch_dtype
+from models.hf import build_seeded, build_word_tokenizer, merge_config, pretrained_kwargs, torch_dtype
 
 # At the library's default init scale a random ViT returns almost the same CLS token for every image
 # (cosine ~0.995 between different emoji), so every tiny score would read 1.000. A larger init makes
@@ -77,7 +77,7 @@ class DinoEncoder:
             model = ViTModel.from_pretrained(source.pretrained, add_pooling_layer=False,
                                              dtype=torch_dtype(source.dtype), **kwargs)
             return cls(model, processor, device)
-        cfg = _merged(TINY_DINO, source.config or {})
+        cfg = merge_config(TINY_DINO, source.config or {})
         size = cfg["image_size"]
         processor = ViTImageProcessorPil(size={"height": size, "width": size},
                                          image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
@@ -118,7 +118,7 @@ class ClipEncoder:
             tokenizer = AutoTokenizer.from_pretrained(source.pretrained, **kwargs)
             model = CLIPModel.from_pretrained(source.pretrained, dtype=torch_dtype(source.dtype), **kwargs)
             return cls(model, processor, tokenizer, device)
-        cfg = _merged(TINY_CLIP, source.config or {})
+        cfg = merge_config(TINY_CLIP, source.config or {})
         tokenizer = build_clip_word_tokenizer(cfg["text"]["max_position_embeddings"])
         size = cfg["vision"]["image_size"]
         processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})

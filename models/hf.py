@@ -86,17 +86,18 @@ TINY_IDEFICS2: dict[str, Any] = {
 }
 
 
-def _merged(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def merge_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` laid over `defaults`, nested dicts merged key by key (a tiny profile names only what it changes)."""
     out = dict(defaults)
     for key, value in overrides.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
 def build_tiny_idefics2_processor(cfg: dict[str, Any] | None = None):
     from transformers import Idefics2ImageProcessorPil, Idefics2Processor
 
-    cfg = _merged(TINY_IDEFICS2, cfg or {})
+    cfg = merge_config(TINY_IDEFICS2, cfg or {})
     size = cfg["image_size"]
     image_processor = Idefics2ImageProcessorPil(
         do_image_splitting=False, size={"longest_edge": size, "shortest_edge": min(size, 32)}
@@ -117,7 +118,7 @@ def build_idefics2(source: ModelSource, model_cls=None):
         processor = Idefics2Processor.from_pretrained(source.pretrained, **kwargs)
         model = model_cls.from_pretrained(source.pretrained, dtype=torch_dtype(source.dtype), **kwargs)
         return model, processor
-    cfg = _merged(TINY_IDEFICS2, source.config or {})
+    cfg = merge_config(TINY_IDEFICS2, source.config or {})
     processor = build_tiny_idefics2_processor(cfg)
     tokenizer = processor.tokenizer
     config = Idefics2Config(

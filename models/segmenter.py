@@ -12,7 +12,7 @@ from PIL import Image
 
 from mumu.config import ModelSource
 from mumu.config.data import SegmentConfig
-from models.hf import _merged, build_seeded, pretrained_kwargs, torch_dtype
+from models.hf import build_seeded, merge_config, pretrained_kwargs, torch_dtype
 
 Box = tuple[float, float, float, float]
 
@@ -35,7 +35,7 @@ def build_sam(source: ModelSource):
         processor = SamProcessor.from_pretrained(source.pretrained, **kwargs)
         model = SamModel.from_pretrained(source.pretrained, dtype=torch_dtype(source.dtype), **kwargs)
         return model.eval(), processor
-    cfg = _merged(TINY_SAM, source.config or {})
+    cfg = merge_config(TINY_SAM, source.config or {})
     size, patch, width = cfg["image_size"], cfg["patch_size"], cfg["hidden_size"]
     mask_side = 4 * (size // patch)  # the mask decoder upsamples the embedding grid 4x
     # The Pil processor: torchvision (needed by the default fast one) does not run on this machine.
