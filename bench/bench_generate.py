@@ -40,14 +40,18 @@ def prompts(count: int) -> list[list]:
     return [kinds[i % 3] for i in range(count)]
 
 
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def best_of_interleaved(fns: list, repeats: int) -> list[float]:
+    """Min seconds of each fn over `repeats` rounds, the fns taking turns within a round, so a change in
+    machine load (2 shared cores) hits all of them alike."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, ts in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - start)
+    return [min(ts) for ts in times]
 
 
 @torch.no_grad()
@@ -106,10 +110,9 @@ def main() -> None:
     res = model.cfg.decoder.resolution
     print(f"profile {args.profile}: {len(ps)} prompts x {args.n} images at {res} px, {args.steps} DDIM steps, "
           f"guidance {args.guidance}, batch_size {cfg.batch_size}, {args.threads} thread(s)")
-    base = best_of(baseline, args.repeats)
+    base, *others = best_of_interleaved([baseline, batched, one_by_one], args.repeats)
     print(f"{'baseline (bare loop)':<24} {total / base:8.2f} img/s  {base / total * 1e3:8.1f} ms/img")
-    for name, fn in (("generate_batch", batched), (f"generate x {len(ps)}", one_by_one)):
-        t = best_of(fn, args.repeats)
+    for name, t in zip(("generate_batch", f"generate x {len(ps)}"), others):
         print(f"{name:<24} {total / t:8.2f} img/s  {t / total * 1e3:8.1f} ms/img   "
               f"throughput ratio vs baseline {base / t:5.2f}")
 
