@@ -211,6 +211,12 @@ class MumuModel(nn.Module):
         store.maps = []  # entity_token_mask stays: a checkpointed backward recomputes with it
         return {"loss": diffusion + attn_loss.weight * attn, "diffusion": diffusion.detach(), "attn": attn.detach()}
 
+    def forward(self, batch: Batch, generator: torch.Generator, attn_loss: AttnLossConfig,
+                cfg_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        """= training_loss: the training loop calls the (possibly DDP-wrapped) module, so that data-parallel
+        gradient synchronisation sees the forward."""
+        return self.training_loss(batch, generator, attn_loss, cfg_dropout)
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters per learning-rate group (connector / encoder / unet)."""
         groups = {

@@ -120,8 +120,12 @@ def train(
     core = accelerator.unwrap_model(model)
 
     # --- resume ----------------------------------------------------------------------------------------
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
     ckpt_dir = out_dir / "checkpoints"
-    clean_partial(ckpt_dir)
+    if main:
+        clean_partial(ckpt_dir)
+    accelerator.wait_for_everyone()
     start, losses = 0, []
     checkpoints = list_checkpoints(ckpt_dir)
     if resume and checkpoints:
@@ -131,12 +135,14 @@ def train(
             raise UserError(f"{checkpoints[-1].path} was written by a different stage/config/init/seed: "
                             f"use a new out_dir or resume=False")
         start, losses = state["step"], list(state["losses"])
-    elif not resume and checkpoints:
+    elif not resume and checkpoints and main:
         shutil.rmtree(ckpt_dir)
 
     # --- loop ------------------------------------------------------------------------------------------
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start + 1)
-    batches = iterate(data_urls, stage, seed, start_step=start * accum)
+    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start + 1) if main else None
+    # Batch k of the stream is micro-batch k of this process (the loader deals shards to ranks).
+    shard = {"rank": rank, "world_size": world} if world > 1 else {}
+    batches = iterate(data_urls, stage, seed, start_step=start * accum, **shard)
     preview_prompts: list[list] | None = None
     saved, samples = [], []
     try:
@@ -149,10 +155,10 @@ def train(
                 except StopIteration:
                     raise TrainingError(step, "the training data ran out (iterate_examples should be endless)") from None
                 batch = core.prepare(examples)
-                generator = step_generator(seed, step, micro)
+                generator = step_generator(seed, step, micro, rank)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
-                        out = core.training_loss(batch, generator, stage.attn_loss, cfg_dropout=stage.cfg_dropout)
+                        out = model(batch, generator, stage.attn_loss, stage.cfg_dropout)
                     if not torch.isfinite(out["loss"]):
                         raise TrainingError(step, f"loss is {out['loss'].item()} (diffusion {out['diffusion'].item()}, "
                                                   f"attn {out['attn'].item()}): lower the learning rate or check the data")
@@ -169,7 +175,7 @@ def train(
                 ema.step(trainable)
             losses.append(sums["loss"])
 
-            if step % stage.log_every == 0 or step == total:
+            if main and (step % stage.log_every == 0 or step == total):
                 metrics = {**sums, "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
                            "step_seconds": time.perf_counter() - t0}
                 for group in optimizer.param_groups:
@@ -179,12 +185,14 @@ def train(
                 if on_log is not None:
                     on_log(step, metrics)
             if step % stage.checkpoint_every == 0 or step == total:
-                saved.append(save_checkpoint(
-                    ckpt_dir, step, weights=core.trainable_state_dict(), optimizer=optimizer,
-                    lr_scheduler=lr_scheduler, ema=ema, keep=stage.keep_checkpoints,
-                    extra={"fingerprint": fingerprint, "losses": losses},
-                ))
-            if stage.sample_every and step % stage.sample_every == 0:
+                if main:  # the losses saved are the main process's; weights are identical on every rank
+                    saved.append(save_checkpoint(
+                        ckpt_dir, step, weights=core.trainable_state_dict(), optimizer=optimizer,
+                        lr_scheduler=lr_scheduler, ema=ema, keep=stage.keep_checkpoints,
+                        extra={"fingerprint": fingerprint, "losses": losses},
+                    ))
+                accelerator.wait_for_everyone()
+            if main and stage.sample_every and step % stage.sample_every == 0:
                 if preview_prompts is None:  # the first batch of the stream: the same on every resume
                     first = next(iter(iterate(data_urls, stage, seed, start_step=0)))
                     preview_prompts = [ex.prompt for ex in first[:PREVIEW_PROMPTS]]
@@ -194,7 +202,8 @@ def train(
                 if on_sample is not None:
                     on_sample(step, path)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         close = getattr(batches, "close", None)
         if close is not None:
             close()
@@ -203,10 +212,12 @@ def train(
     if ema is not None:
         ema.copy_to(trainable)  # the final model carries the EMA weights; checkpoints keep the raw ones
     model_dir = out_dir / "model"
-    tmp_dir = out_dir / ".model-tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    core.save_pretrained(tmp_dir)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp_dir.rename(model_dir)
+    if main:
+        tmp_dir = out_dir / ".model-tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        core.save_pretrained(tmp_dir)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        tmp_dir.rename(model_dir)
+    accelerator.wait_for_everyone()
     return TrainResult(stage_name, out_dir, model_dir, start, max(start, total), losses, saved, samples,
                        time.perf_counter() - t_start)

@@ -25,17 +25,19 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig, max
                          num_training_steps=max_steps)
 
 
-def step_seed(seed: int, step: int, micro: int = 0) -> int:
-    """A 63-bit seed for micro-batch `micro` of optimizer step `step`: resume needs no RNG state."""
-    return int(np.random.SeedSequence([seed, step, micro]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+def step_seed(seed: int, step: int, micro: int = 0, rank: int = 0) -> int:
+    """A 63-bit seed for micro-batch `micro` of optimizer step `step` on process `rank`: resume needs no
+    RNG state, and data-parallel processes draw different noise."""
+    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1))
 
 
-def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
+def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
     """The CPU generator every draw of one micro-batch comes from (CFG dropout, posterior, t, noise).
 
     Also seeds torch's global RNG with the same value, so modules that draw from it (dropout) are
     reproducible on resume too."""
-    s = step_seed(seed, step, micro)
+    s = step_seed(seed, step, micro, rank)
     torch.manual_seed(s)
     return torch.Generator().manual_seed(s)
 

@@ -1,0 +1,116 @@
+"""Training-step cost: MumuModel's step vs a bare diffusers UNet + VAE step, in one process.
+
+    python bench/bench_train.py [--steps 20] [--profile tiny]
+
+Same tiny UNet weights, same batch (2 targets at the profile's resolution, one prompt with 2 crops).
+- bare:   VAE encode (no grad) -> DDPM noise -> UNet(fixed encoder states, text_time) -> MSE -> backward -> AdamW
+- mumu:   prepare(examples) -> training_loss (Idefics2 encoder + connector + the same UNet) -> backward -> AdamW
+- mumu+attn: the same with the attention-mask loss (attn2 probabilities materialised, captured, reduced)
+Steps are interleaved (bare, mumu, mumu+attn, bare, ...) so load from other processes hits all three
+alike; medians are reported. Prints the ratios (targets: mumu/bare <= 1.15, attn/no-attn <= 1.2) and
+the peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import resource
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from mumu.config import load_profile  # noqa: E402
+from mumu.config.train import AttnLossConfig  # noqa: E402
+from mumu.train.data import Example  # noqa: E402
+from mumu.train.optim import step_generator  # noqa: E402
+
+
+def examples(res: int) -> list[Example]:
+    img = np.full((res, res, 3), 128, np.uint8)
+    a = np.zeros((res, res), bool)
+    a[: res // 2, : res // 2] = True
+    b = np.zeros((res, res), bool)
+    b[res // 2:, res // 2:] = True
+    img[a], img[b] = (220, 30, 30), (30, 30, 220)
+    red, blue = PIL.Image.new("RGB", (res // 2, res // 2), (220, 30, 30)), PIL.Image.new("RGB", (res // 2, res // 2), (30, 30, 220))
+    target = PIL.Image.fromarray(img)
+    return [Example("a", ["a red", red, "and a blue", blue, "square"], target, [a, b]),
+            Example("b", ["a red and a blue square"], target, [])]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from models.mumu_model import MumuModel
+
+    prof = load_profile(args.profile)
+    model = MumuModel.from_config(prof.model).train()
+    exs = examples(prof.model.decoder.resolution)
+    opt = torch.optim.AdamW([p for g in model.parameter_groups().values() for p in g], lr=1e-5, foreach=True)
+
+    # The bare baseline: an independent copy of the same UNet (stock SDPA processors) and the same VAE.
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet = copy.deepcopy(model.unet).train()
+    unet.set_attn_processor(AttnProcessor2_0())
+    vae, sched = model.vae, model.decoder.scheduler
+    bare_opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-5, foreach=True)
+    with torch.no_grad():
+        batch0 = model.prepare(exs)
+        cond0 = model.encode_tokens(batch0.tokens)
+    states, pooled, mask = cond0.hidden.detach(), cond0.pooled.detach(), cond0.attention_mask
+    pixels, time_ids = batch0.pixels, batch0.add_time_ids
+
+    def bare_step(i: int) -> None:
+        g = step_generator(0, i)
+        with torch.no_grad():
+            lat = vae.encode(pixels).latent_dist.sample(generator=g) * vae.config.scaling_factor
+        t = torch.randint(0, sched.config.num_train_timesteps, (lat.shape[0],), generator=g)
+        noise = torch.randn(lat.shape, generator=g)
+        pred = unet(sched.add_noise(lat, noise, t), t, encoder_hidden_states=states, encoder_attention_mask=mask,
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        F.mse_loss(pred, noise).backward()
+        bare_opt.step()
+        bare_opt.zero_grad(set_to_none=True)
+
+    def mumu_step(i: int, weight: float) -> None:
+        out = model.training_loss(model.prepare(exs), step_generator(0, i), AttnLossConfig(weight=weight),
+                                  cfg_dropout=0.1)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    runs = {"bare": lambda i: bare_step(i), "mumu": lambda i: mumu_step(i, 0.0), "mumu+attn": lambda i: mumu_step(i, 0.1)}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for i in range(args.steps + 2):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn(i)
+            if i >= 2:  # first two rounds: warm-up
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    n_trainable = sum(p.numel() for g in model.parameter_groups().values() for p in g)
+    print(f"profile {args.profile}: {args.steps} steps each, batch {len(exs)}, {n_trainable} trainable parameters")
+    for k, v in med.items():
+        print(f"  {k:10s} median step {v * 1000:8.1f} ms   (min {min(times[k]) * 1000:.1f} ms)")
+    print(f"mumu / bare diffusers step:      {med['mumu'] / med['bare']:.2f}x  (target <= 1.15)")
+    print(f"with / without attention loss:   {med['mumu+attn'] / med['mumu']:.2f}x  (target <= 1.2)")
+    print(f"peak RSS: {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
