@@ -13,6 +13,7 @@ later stage a second time.
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,23 @@ def inputs_resource_id(input_dir: str | Path) -> str:
     return f"mumu.inputs.{digest}"
 
 
+def flush_events(timeout: float = 30.0) -> None:
+    """Block until the events emitted so far have been handed to the server connection.
+
+    `emit_event` only queues the event for a background thread; the watcher records a batch as announced
+    only after this returns, so a crash in between re-announces it instead of losing it.
+    """
+    from prefect.events.worker import EventsWorker
+
+    waiter = threading.Thread(target=EventsWorker.instance().wait_until_empty, daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    if waiter.is_alive():
+        raise TimeoutError(f"events not sent to the Prefect server within {timeout:.0f} s")
+
+
 def emit_data_landed(input_dir: str | Path, new_files: list[str], out: str | Path | None = None):
-    """Announce a batch of new input files under `input_dir` (paths relative to it).
+    """Announce a batch of new input files under `input_dir` (paths relative to it), and wait until sent.
 
     `out` (optional) is the run folder the triggered stages should write into (RUN/data, RUN/pretrain, ...).
     """
@@ -61,4 +77,7 @@ def emit_data_landed(input_dir: str | Path, new_files: list[str], out: str | Pat
     payload = {"input": input_dir, "new": sorted(new_files), "count": len(new_files)}
     if out is not None:
         payload["out"] = str(out)
-    return emit_event(event=DATA_LANDED, resource=resource, payload=payload)
+    event = emit_event(event=DATA_LANDED, resource=resource, payload=payload)
+    if event is not None:  # None: events are off (no API configured), nothing was queued
+        flush_events()
+    return event
