@@ -76,6 +76,7 @@ class ShardReport(_Record):
     counts: dict[str, int]  # per-stage counters (captioned_by_vlm, entities, boxes, masks, crops_kept, text_only)
     # sha256 of the shard's planned input sources: a finished shard is reused only for the same inputs.
     plan_sha256: str = ""
+    config_hash: str = ""  # of the DataConfig that wrote it: a shard from another config is rebuilt
 
 
 class Manifest(_Record):

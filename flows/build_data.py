@@ -29,7 +29,8 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
     retry = dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
 
     shards = t.plan_shards.with_options(**retry)(input_path, data.ingest)
-    done = {s.index: r for s in shards if (r := stages.shard_done(Path(out), s.index, s)) is not None}
+    data_hash = config_hash(data)
+    done = {s.index: r for s in shards if (r := stages.shard_done(Path(out), s.index, s, data_hash)) is not None}
     todo = [s for s in shards if s.index not in done]
     log.info("%d input shards: %d already written, %d to build", len(shards), len(done), len(todo))
 
@@ -47,7 +48,7 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
             reports.append(future.result())
             bar.update(1)
 
-    manifest = t.write_manifest.with_options(**retry)(out, sorted(reports, key=lambda r: r.shard), config_hash(data))
+    manifest = t.write_manifest.with_options(**retry)(out, sorted(reports, key=lambda r: r.shard), data_hash)
     create_table_artifact(
         key="build-data-counts",
         table=[{"stage": "inputs", "count": manifest.inputs}, {"stage": "written", "count": manifest.written},

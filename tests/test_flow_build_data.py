@@ -107,3 +107,14 @@ def test_bad_input_folder_is_one_line_error(tmp_path, capsys):
     assert _run(empty, tmp_path / "out") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mumu: error:")
+
+
+def test_shards_written_under_another_config_are_rebuilt(built, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    before = json.loads((out / "manifest.json").read_text())
+    assert _run(SAMPLES_DIR, out, "--set", "data.compose.text_only_share=1.0") == 0
+    after = json.loads((out / "manifest.json").read_text())
+    assert after["config_hash"] != before["config_hash"]
+    assert after["counts"]["text_only"] == after["written"] == before["written"]
+    assert all(s["config_hash"] == after["config_hash"] for s in after["shards"])

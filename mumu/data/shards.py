@@ -74,6 +74,7 @@ def write_shard(
     counts: dict[str, int],
     cfg: WriteConfig,
     plan_sha256: str = "",
+    config_hash: str = "",
 ) -> ShardReport:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,20 +97,24 @@ def write_shard(
         bytes=path.stat().st_size,
         counts=dict(sorted(counts.items())),
         plan_sha256=plan_sha256,
+        config_hash=config_hash,
     )
     write_json_atomic(report_path(out_dir, index), report.model_dump(mode="json"))
     return report
 
 
-def shard_done(out_dir: str | Path, shard_index: int, shard: InputShard | None = None) -> ShardReport | None:
+def shard_done(out_dir: str | Path, shard_index: int, shard: InputShard | None = None,
+               config_hash: str | None = None) -> ShardReport | None:
     """The report of a finished shard, or None: no/unreadable report, tar missing or of the wrong size,
-    or (when the planned `shard` is given) a report written for different inputs."""
+    or (when the planned `shard` / `config_hash` is given) a report written for other inputs or config."""
     rp = report_path(out_dir, shard_index)
     try:
         report = ShardReport.model_validate_json(rp.read_bytes())
     except (OSError, ValidationError, ValueError):
         return None
     if shard is not None and report.plan_sha256 != shard.plan_sha256:
+        return None
+    if config_hash is not None and report.config_hash != config_hash:
         return None
     tar = Path(out_dir) / report.name
     if not tar.is_file() or tar.stat().st_size != report.bytes or not quarantine_path(out_dir, shard_index).is_file():

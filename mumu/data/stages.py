@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from data_schemas import Manifest, ShardReport
+from mumu.config import config_hash as hash_config
 from mumu.config.data import ComposeConfig, DataConfig, EntitiesConfig, IngestConfig
 from mumu.data import entities as _entities
 from mumu.data.compose import compose_sample, int_box
@@ -251,7 +252,8 @@ def write(work: ShardWork, out_dir: str | Path, cfg: DataConfig) -> ShardReport:
     for q in work.quarantined:
         counts[f"quarantined_{q.stage}"] += 1
     return write_shard(
-        out_dir, work.shard, samples, list(work.quarantined), work.inputs, dict(counts), cfg.write, work.plan_sha256
+        out_dir, work.shard, samples, list(work.quarantined), work.inputs, dict(counts), cfg.write, work.plan_sha256,
+        hash_config(cfg),
     )
 
 
@@ -273,7 +275,7 @@ def run_local(
     reports, ran = [], []
     shards: Sequence[InputShard] = plan_shards(input_path, cfg.ingest)
     for shard in shards:
-        report = shard_done(out_dir, shard.index, shard)
+        report = shard_done(out_dir, shard.index, shard, hash_config(cfg))
         if report is None:
             report = run_shard(shard, out_dir, cfg, captioner, detector, segmenter)
             ran.append(shard.index)
