@@ -29,6 +29,7 @@ import torch
 from mumu.config.eval import SamplerConfig
 from mumu.errors import UserError
 from mumu.io import atomic_path
+from mumu.runs import model_dir as resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +37,6 @@ Prompt = list  # list[str | PIL.Image.Image]
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------
-def resolve_model_dir(path: str | Path) -> Path:
-    """A training run dir (its `model/`) or a saved model dir (holds mumu_config.json) -> the model dir."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"checkpoint {p} does not exist")
-    if (p / "model" / "mumu_config.json").is_file():
-        return p / "model"
-    if (p / "mumu_config.json").is_file():
-        return p
-    if (p / "checkpoints").is_dir():
-        raise UserError(f"{p} is a training run without a final model/ (training has not finished): "
-                        "resume the training run or pass a saved model directory")
-    raise UserError(f"{p} is neither a training run directory nor a saved model (no mumu_config.json)")
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     from safetensors import SafetensorError
 

@@ -8,9 +8,15 @@ from mumu.errors import UserError
 
 
 def model_dir(run_or_model: str | Path) -> Path:
-    """A training run folder (its model is RUN/model) or a saved model folder itself."""
-    path = Path(run_or_model)
-    for candidate in (path / "model", path):
-        if (candidate / "mumu_config.json").is_file():
-            return candidate
-    raise UserError(f"{run_or_model}: no saved model (expected RUN/model/mumu_config.json from a training stage)")
+    """A training run dir (its `model/`) or a saved model dir (holds mumu_config.json) -> the model dir."""
+    p = Path(run_or_model).expanduser()
+    if not p.exists():
+        raise UserError(f"checkpoint {p} does not exist")
+    if (p / "model" / "mumu_config.json").is_file():
+        return p / "model"
+    if (p / "mumu_config.json").is_file():
+        return p
+    if (p / "checkpoints").is_dir():
+        raise UserError(f"{p} is a training run without a final model/ (training has not finished): "
+                        "resume the training run or pass a saved model directory")
+    raise UserError(f"{p} is neither a training run directory nor a saved model (no mumu_config.json)")
