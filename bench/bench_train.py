@@ -6,6 +6,7 @@ Same tiny UNet weights, same batch (2 targets at the profile's resolution, one p
 - bare:   VAE encode (no grad) -> DDPM noise -> UNet(fixed encoder states, text_time) -> MSE -> backward -> AdamW
 - mumu:   prepare(examples) -> training_loss (Idefics2 encoder + connector + the same UNet) -> backward -> AdamW
 - mumu+attn: the same with the attention-mask loss (attn2 probabilities materialised, captured, reduced)
+- prompt:  prepare + encoder + connector alone (forward + backward): the part the bare step does not have
 Steps are interleaved (bare, mumu, mumu+attn, bare, ...) so load from other processes hits all three
 alike; medians are reported. Prints the ratios (targets: mumu/bare <= 1.15, attn/no-attn <= 1.2) and
 the peak RSS.
@@ -50,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--profile", default="tiny")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is robust on a shared box)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -93,7 +94,14 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    runs = {"bare": lambda i: bare_step(i), "mumu": lambda i: mumu_step(i, 0.0), "mumu+attn": lambda i: mumu_step(i, 0.1)}
+    def prompt_only(i: int) -> None:
+        """What mumu adds in front of the UNet: prepare + Idefics2 encoder + connector, forward and backward."""
+        cond = model.encode_tokens(model.prepare(exs).tokens)
+        (cond.hidden.sum() + cond.pooled.sum()).backward()
+        model.zero_grad(set_to_none=True)
+
+    runs = {"bare": bare_step, "mumu": lambda i: mumu_step(i, 0.0), "mumu+attn": lambda i: mumu_step(i, 0.1),
+            "prompt": prompt_only}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for i in range(args.steps + 2):
         for name, fn in runs.items():
@@ -107,8 +115,12 @@ def main() -> None:
     print(f"profile {args.profile}: {args.steps} steps each, batch {len(exs)}, {n_trainable} trainable parameters")
     for k, v in med.items():
         print(f"  {k:10s} median step {v * 1000:8.1f} ms   (min {min(times[k]) * 1000:.1f} ms)")
-    print(f"mumu / bare diffusers step:      {med['mumu'] / med['bare']:.2f}x  (target <= 1.15)")
-    print(f"with / without attention loss:   {med['mumu+attn'] / med['mumu']:.2f}x  (target <= 1.2)")
+    mins = {k: min(v) for k, v in times.items()}
+    for label, d in (("median", med), ("min", mins)):
+        print(f"[{label}] mumu / bare diffusers step:    {d['mumu'] / d['bare']:.2f}x  (target <= 1.15); "
+              f"prompt encoding alone {d['prompt'] / d['bare']:.2f}x bare, "
+              f"(mumu - prompt) / bare {(d['mumu'] - d['prompt']) / d['bare']:.2f}x")
+        print(f"[{label}] with / without attention loss: {d['mumu+attn'] / d['mumu']:.2f}x  (target <= 1.2)")
     print(f"peak RSS: {peak_mb:.0f} MB")
 
 
