@@ -1,0 +1,51 @@
+"""The command line: outputs on success, one line and exit code 2 on the user's mistakes."""
+
+import pytest
+from PIL import Image
+
+from mumu.cli import main
+from mumu.config import load_profile
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from models.mumu_model import MumuModel
+
+    path = tmp_path_factory.mktemp("model")
+    MumuModel.from_config(load_profile("tiny").model).save_pretrained(path)
+    return path
+
+
+def _one_error_line(capsys, *needles):
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("mumu: error:"), err
+    for needle in needles:
+        assert needle in err[0]
+
+
+def test_generate_writes_images_for_an_inline_multimodal_prompt(saved_model, tmp_path):
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    out = tmp_path / "out.png"
+    code = main(["generate", "--checkpoint", str(saved_model), "--prompt", "a <image:red.png> ball on grass",
+                 "--base-dir", str(tmp_path), "--out", str(out), "--n", "2", "--steps", "2"])
+    assert code == 0
+    images = [Image.open(tmp_path / f"out-{i}.png") for i in range(2)]
+    assert all(im.size == (64, 64) for im in images)
+    assert images[0].tobytes() != images[1].tobytes()  # seeds seed and seed+1
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["generate", "--checkpoint", "{model}", "--prompt", "a <image:missing.png> cat", "--out", "{tmp}/o.png"],
+     ["missing.png"]),
+    (["generate", "--checkpoint", "{tmp}/nothing", "--prompt", "a cat", "--out", "{tmp}/o.png"], ["does not exist"]),
+    (["pretrain", "--data", "{tmp}", "--out", "{tmp}/run"], ["manifest.json not found"]),
+    (["tune", "--data", "{tmp}", "--init", "{tmp}", "--out", "{tmp}/run"], ["manifest.json not found"]),
+    (["evaluate", "--checkpoint", "{tmp}", "--out", "{tmp}/rep"], ["neither a training run"]),
+    (["build-data", "--input", "{tmp}/none", "--out", "{tmp}/o"], ["no such file"]),
+    (["pipeline", "--profile", "nope"], ["unknown profile 'nope'"]),
+    (["pipeline", "--set", "train.pretrain.max_steps=-x"], ["train.pretrain.max_steps"]),
+])
+def test_user_mistakes_give_one_line_and_exit_2(argv, needles, saved_model, tmp_path, capsys):
+    argv = [a.format(model=saved_model, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    _one_error_line(capsys, *needles)
