@@ -19,7 +19,7 @@ run: install
 	$(VENV)/bin/mumu pipeline
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: install
 	$(PY) bench/run_all.py
