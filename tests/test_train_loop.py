@@ -163,3 +163,30 @@ def test_non_finite_loss_names_the_step(tmp_path: Path, monkeypatch):
         train("pretrain", profile("pretrain", sample_every=0), [], tmp_path, max_steps=5, iterate=fixed)
     assert err.value.step == 2
     assert not (tmp_path / "model").exists()
+
+
+def test_ema_and_accumulation_resume_to_the_same_model(tmp_path: Path):
+    """2 micro-batches per step and EMA: an interrupted + resumed run ends with the same (EMA) model."""
+    import safetensors.torch as st
+
+    prof = profile("pretrain", gradient_accumulation_steps=2, ema_decay=0.9, checkpoint_every=1, sample_every=1,
+                   keep_checkpoints=2)
+    seen = []
+
+    def spy(urls, stage, seed, start_step=0):
+        seen.append(start_step)
+        return rotating(urls, stage, seed, start_step)
+
+    full = train("pretrain", prof, [], tmp_path / "a", max_steps=2, iterate=spy)
+    with pytest.raises(Interrupt):
+        train("pretrain", prof, [], tmp_path / "b", max_steps=2, iterate=spy, on_sample=_stop_at(1))
+    assert (tmp_path / "b" / "checkpoints" / "step-000001" / "ema.safetensors").exists()
+    resumed = train("pretrain", prof, [], tmp_path / "b", max_steps=2, iterate=spy)
+    assert resumed.start_step == 1 and resumed.losses == full.losses
+    assert 2 in seen  # resumed stream starts at micro-batch 1 x 2
+    a = st.load_file(str(full.model_dir / "connector" / "connector.safetensors"))
+    b = st.load_file(str(resumed.model_dir / "connector" / "connector.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the final model holds the EMA weights, not the last raw ones
+    raw = st.load_file(str(tmp_path / "a" / "checkpoints" / "step-000002" / "weights.safetensors"))
+    assert not torch.equal(raw["connector.in_proj.weight"], a["in_proj.weight"])
