@@ -83,7 +83,7 @@ def train(
     init: a saved MumuModel directory (stage 2 starts from stage 1's out_dir/model); None = from config.
     iterate(data_urls, stage, seed, start_step=...) yields batches of Examples (mumu.train.data).
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from torch.utils.tensorboard import SummaryWriter
 
     from models.hf import resolve_device
@@ -104,8 +104,10 @@ def train(
 
     # --- model, optimizer, schedule -------------------------------------------------------------------
     device = resolve_device(profile.runtime)
+    # find_unused_parameters: a text-only batch leaves the modality projection's LoRA without gradient.
     accelerator = Accelerator(mixed_precision=stage.mixed_precision, gradient_accumulation_steps=accum,
-                              cpu=device.type == "cpu")
+                              cpu=device.type == "cpu",
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     if init is not None and not (Path(init) / "mumu_config.json").exists():
         raise UserError(f"init {init} is not a saved model directory (expected a stage's out_dir/model)")
     model = MumuModel.from_pretrained(init) if init is not None else MumuModel.from_config(profile.model)
