@@ -39,6 +39,7 @@ class AttentionStore:
     token_reduce: str = "sum"
     maps: list[torch.Tensor] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    resolutions: set[int] = field(default_factory=set)  # layer resolutions (h) seen by the last forward
 
     def layer_hw(self, q: int) -> tuple[int, int]:
         lh, lw = self.latent_hw
@@ -49,6 +50,7 @@ class AttentionStore:
         """probs: [B, heads, Q, L]. The reduction runs even when not recording, so a gradient-checkpoint
         recompute performs exactly the ops (and saves exactly the tensors) of the original forward."""
         h, _ = self.layer_hw(probs.shape[2])
+        self.resolutions.add(h)
         if self.layers is not None and h not in self.layers:
             return
         if self.entity_token_mask is not None:
@@ -58,7 +60,7 @@ class AttentionStore:
             self.names.append(name)
 
     def reset(self) -> None:
-        self.maps, self.names = [], []
+        self.maps, self.names, self.resolutions = [], [], set()
 
 
 class CaptureProcessor(AttnProcessor2_0):

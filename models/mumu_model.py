@@ -205,6 +205,9 @@ class MumuModel(nn.Module):
             store.recording = False
             # With gradient checkpointing the backward recomputes the forward: it must take the same path.
             store.enabled = want_attn and self.unet.is_gradient_checkpointing and self.training
+        if want_attn and not store.maps:
+            raise UserError(f"attn_loss.layers {list(attn_loss.layers)} matches no cross-attention layer: this UNet's "
+                            f"attention resolutions are {sorted(store.resolutions)}")
         diffusion = F.mse_loss(pred.float(), target.float())
         attn = attention_mask_loss(store.maps, store.latent_hw, batch.entity_masks, cond.entity_valid) if want_attn \
             else diffusion.new_zeros(())

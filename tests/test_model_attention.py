@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from mumu.config import load_profile
 from mumu.config.train import AttnLossConfig
+from mumu.errors import UserError
 from models.attention import CaptureProcessor, attention_mask_loss, entity_maps
 from models.mumu_model import MumuModel
 
@@ -142,6 +143,9 @@ def test_attention_loss_gradient_reaches_unet_and_connector(model):
     # layer selection: only 8x8 layers -> a different (still positive) loss
     only8, _ = _grads(model, batch, 1.0, layers=[8])
     assert only8["attn"].item() > 0 and only8["attn"].item() != with_attn["attn"].item()
+    assert model.attn_store.resolutions == {8, 16}
+    with pytest.raises(UserError, match=r"matches no cross-attention layer.*\[8, 16\]"):
+        _grads(model, batch, 1.0, layers=[32])
 
 
 def test_gradient_checkpointing_matches(model):
