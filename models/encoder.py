@@ -94,6 +94,9 @@ class PromptEncoder(nn.Module):
         if cfg.bypass_resampler:
             self.processor.image_seq_len = cfg.image_tokens
         self.image_seq_len = self.processor.image_seq_len
+        if cfg.gradient_checkpointing:
+            # Non-reentrant: the LM's inputs (embeddings of frozen tokens) need not require grad.
+            self.model.text_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         tok = self.processor.tokenizer
         self.image_token_id = tok.convert_tokens_to_ids(self.processor.image_token)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

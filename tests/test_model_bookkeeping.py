@@ -153,3 +153,16 @@ def test_prepare_batch_aligns_masks_and_rejects_mismatch():
         model.prepare([Ex("bad", ["a", solid("red")], solid("white"), [])])
     with pytest.raises(UserError, match="segment"):
         model.encoder.tokenize([["a", 3]])
+
+
+def test_encoder_gradient_checkpointing_same_gradients(cfg, encoder):
+    ckpt = PromptEncoder(cfg.model_copy(update={"gradient_checkpointing": True})).train()
+    plain = PromptEncoder(cfg).train()
+    assert ckpt.model.text_model.is_activation_checkpointing
+    toks = plain.tokenize(PROMPTS)
+    params = lambda e: [p for p in e.parameters() if p.requires_grad]  # noqa: E731
+    ga = torch.autograd.grad(plain(toks).square().sum(), params(plain))
+    gb = torch.autograd.grad(ckpt(toks).square().sum(), params(ckpt))
+    assert sum(g.abs().sum().item() for g in ga) > 0
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
