@@ -77,13 +77,17 @@ def _emit(env, event, resource, payload):
 def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
     home = tmp_path / "prefect-home"
     worker_log = tmp_path / "worker.log"
+    started = time.monotonic()
+    phase = lambda name: print(f"[{time.monotonic() - started:6.1f} s] {name}", flush=True)  # noqa: E731
     with local_server(home) as env:
+        phase("server healthy")
         api = Api(env)
         # the setup steps of docs/operations.md
         prefect_cli(["work-pool", "create", POOL, "--type", "process"], env)
         prefect_cli(["work-pool", "set-concurrency-limit", POOL, "4"], env)
         prefect_cli(["work-queue", "create", "gpu", "--pool", POOL, "--limit", "1"], env)
         prefect_cli(["--no-prompt", "deploy", "--all"], env, cwd=REPO, timeout=400)
+        phase("deployed")
 
         deployments = api.deployments()
         assert set(deployments) == EXPECTED
@@ -120,6 +124,7 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
             ran = prefect_cli(["deployment", "run", "watch-inputs/inbox", "--param", f"input_dir={inbox}",
                                "--param", f"out={landed}", "--param", "settle_seconds=0"], env)
             _wait_completed(api, UUID.search(ran.stdout).group(0), 180, log)
+            phase("watcher run completed")
 
             build_id = deployments["build-data/mumu"]["id"]
             triggered = _wait(
@@ -131,6 +136,7 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
             assert triggered[0]["parameters"]["out"] == f"{landed}/data"
 
             _wait_completed(api, manual_id, 240, log)
+            phase("manual build-data run completed")
             manifest = json.loads((out / "manifest.json").read_text())
             n_inputs = len(list(SAMPLES_DIR.glob("*.png")))
             assert manifest["inputs"] == n_inputs == manifest["written"] + manifest["quarantined"]
@@ -139,6 +145,7 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
                 assert (out / shard["name"]).stat().st_size > 0
 
             _wait_completed(api, triggered[0]["id"], 240, log)
+            phase("triggered build-data run completed")
             landed_manifest = json.loads((landed / "data" / "manifest.json").read_text())
             assert landed_manifest["inputs"] == 3
 
@@ -168,3 +175,4 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
         # the chain=false event was emitted before the one just seen: its automation has had its chance
         time.sleep(3)
         assert api.runs_of(deployments["evaluate/mumu"]["id"]) == []
+        phase("event chain checked")
