@@ -100,7 +100,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     seed = run_seed(profile, stage_name)
     fingerprint = {"stage": stage_name, "stage_config": config_hash(stage), "model_config": config_hash(profile.model),
-                   "init": str(init) if init else None, "seed": seed}
+                   "init": str(Path(init).resolve()) if init else None, "seed": seed}
 
     # --- model, optimizer, schedule -------------------------------------------------------------------
     device = resolve_device(profile.runtime)
@@ -172,6 +172,7 @@ def train(
                     optimizer.zero_grad(set_to_none=True)
                 for k in sums:
                     sums[k] += out[k].item() / accum
+            lrs = {f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}  # the lr this step used
             lr_scheduler.step()
             if ema is not None:
                 ema.step(trainable)
@@ -179,9 +180,7 @@ def train(
 
             if main and (step % stage.log_every == 0 or step == total):
                 metrics = {**sums, "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-                           "step_seconds": time.perf_counter() - t0}
-                for group in optimizer.param_groups:
-                    metrics[f"lr/{group['name']}"] = group["lr"]
+                           "step_seconds": time.perf_counter() - t0, **lrs}
                 for k, v in metrics.items():
                     writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
                 if on_log is not None:
