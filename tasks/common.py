@@ -58,7 +58,6 @@ def cached_model(kind: str, cfg: Any, device: torch.device, build: Callable[[], 
     key = (kind, f"{ident}@{device}")
     with _lock:
         if key not in _cache:
-            torch.set_grad_enabled(False)
             _cache[key] = build()
         return _cache[key]
 
