@@ -16,8 +16,8 @@ from tasks.train import train_stage
 
 @flow(name="pretrain")
 def pretrain(data: str, out: str, profile: str = "tiny", overrides: dict[str, Any] | None = None,
-             max_steps: int | None = None) -> dict:
+             max_steps: int | None = None, resume: bool = True) -> dict:
     load_profile(profile, overrides)  # fail fast on a bad profile
-    result = train_stage("pretrain", profile, overrides, data, out, None, max_steps)
+    result = train_stage("pretrain", profile, overrides, data, out, None, max_steps, resume)
     emit_stage_completed("pretrain", out, data=data, model=result["model"])
     return result

@@ -17,11 +17,11 @@ from tasks.train import train_stage
 
 @flow(name="tune")
 def tune(data: str, init: str, out: str, profile: str = "tiny", overrides: dict[str, Any] | None = None,
-         attn_loss_weight: float | None = None, max_steps: int | None = None) -> dict:
+         attn_loss_weight: float | None = None, max_steps: int | None = None, resume: bool = True) -> dict:
     overrides = dict(overrides or {})
     if attn_loss_weight is not None:
         overrides["train.tune.attn_loss.weight"] = attn_loss_weight
     load_profile(profile, overrides)
-    result = train_stage("tune", profile, overrides, data, out, str(model_dir(init)), max_steps)
+    result = train_stage("tune", profile, overrides, data, out, str(model_dir(init)), max_steps, resume)
     emit_stage_completed("tune", out, data=data, model=result["model"])
     return result

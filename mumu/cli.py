@@ -64,7 +64,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from flows.pretrain import pretrain
 
     result = _with_runner(pretrain, cfg)(data=args.data, out=args.out, profile=args.profile, overrides=overrides,
-                                         max_steps=args.max_steps)
+                                         max_steps=args.max_steps, resume=args.resume)
     print(f"pretrain: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['model']}")
 
 
@@ -78,7 +78,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     result = _with_runner(tune, cfg)(data=args.data, init=args.init, out=args.out, profile=args.profile,
                                      overrides=overrides, attn_loss_weight=args.attn_loss_weight,
-                                     max_steps=args.max_steps)
+                                     max_steps=args.max_steps, resume=args.resume)
     print(f"tune: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['model']}")
 
 
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a build-data output folder (its manifest lists the shards)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, tb/, samples/, model/")
     p.add_argument("--max-steps", type=int, help="override the profile's train.pretrain.max_steps")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from OUT's last checkpoint (default); --no-resume starts over")
     _common(p)
     p.set_defaults(run=cmd_pretrain)
 
@@ -143,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder of this stage")
     p.add_argument("--attn-loss-weight", type=float, help="W in diffusion loss + W·L_attn (0 disables it)")
     p.add_argument("--max-steps", type=int, help="override the profile's train.tune.max_steps")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from OUT's last checkpoint (default); --no-resume starts over")
     _common(p)
     p.set_defaults(run=cmd_tune)
 

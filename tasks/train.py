@@ -33,7 +33,7 @@ def _publish_sample(stage: str, step: int, png: Path) -> None:
 
 
 def _launch_argv(stage: str, profile: str, overrides: dict | None, data: str, out: str, init: str | None,
-                 max_steps: int | None, processes: int) -> list[str]:
+                 max_steps: int | None, processes: int, resume: bool) -> list[str]:
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
             "-m", "mumu.train.entry", stage, "--profile", profile, "--data", data, "--out", out,
             "--overrides", json.dumps(overrides or {})]
@@ -41,20 +41,28 @@ def _launch_argv(stage: str, profile: str, overrides: dict | None, data: str, ou
         argv += ["--init", init]
     if max_steps is not None:
         argv += ["--max-steps", str(max_steps)]
+    if not resume:
+        argv.append("--no-resume")
     return argv
 
 
 @task(name="train-stage", **{**TASK_OPTIONS, "retries": 1, "retry_delay_seconds": 5})
 def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data: str, out: str,
-                init: str | None = None, max_steps: int | None = None) -> dict[str, Any]:
+                init: str | None = None, max_steps: int | None = None, resume: bool = True) -> dict[str, Any]:
+    """Train one stage. resume=False starts over (this run's old checkpoints are removed); a Prefect retry
+    of this task always resumes, since the first attempt already made that choice."""
     from mumu.train.loop import train
+
+    from prefect.runtime import task_run
 
     log = get_run_logger()
     cfg = load_profile(profile, overrides)
+    resume = resume or task_run.run_count > 1
     if cfg.runtime.train_processes > 1:
         from mumu.launch import run_launcher
 
-        run_launcher(_launch_argv(stage, profile, overrides, data, out, init, max_steps, cfg.runtime.train_processes),
+        run_launcher(_launch_argv(stage, profile, overrides, data, out, init, max_steps, cfg.runtime.train_processes,
+                                  resume),
                      on_line=log.info)
         return json.loads((Path(out) / "result.json").read_text())
 
@@ -62,6 +70,6 @@ def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data
         log.info("%s step %d: loss %.4f (diffusion %.4f, attn %.4f)", stage, step, metrics["loss"],
                  metrics["diffusion"], metrics["attn"])
 
-    result = train(stage, cfg, shard_urls(data), out, init=init, max_steps=max_steps, on_log=on_log,
+    result = train(stage, cfg, shard_urls(data), out, init=init, resume=resume, max_steps=max_steps, on_log=on_log,
                    on_sample=lambda step, png: _publish_sample(stage, step, png))
     return result_summary(result)

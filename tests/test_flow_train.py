@@ -46,6 +46,8 @@ def test_pretrain_then_tune_flows_write_models_and_resume(shards, tmp_path):
 
     again = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=FAST, max_steps=3)
     assert again["resumed_from"] == 3 and again["final_loss"] == first["final_loss"]  # nothing retrained
+    fresh = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=FAST, max_steps=3, resume=False)
+    assert fresh["resumed_from"] == 0 and fresh["final_loss"] == first["final_loss"]  # retrained, same seed
 
     tuned = tune(data=str(shards), init=str(tmp_path / "pre"), out=str(tmp_path / "tune"), overrides=FAST,
                  attn_loss_weight=1.0, max_steps=2)

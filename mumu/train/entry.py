@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--init")
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
     try:
         from accelerate import PartialState
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         from mumu.train.loop import train
 
         cfg = load_profile(args.profile, json.loads(args.overrides))
-        result = train(args.stage, cfg, shard_urls(args.data), args.out, init=args.init, max_steps=args.max_steps,
+        result = train(args.stage, cfg, shard_urls(args.data), args.out, init=args.init, resume=args.resume,
+                       max_steps=args.max_steps,
                        on_log=lambda step, m: print(f"{args.stage} step {step}: loss {m['loss']:.4f}", flush=True))
         if PartialState().is_main_process:
             write_json_atomic(Path(args.out) / "result.json", result_summary(result))
