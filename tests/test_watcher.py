@@ -190,3 +190,26 @@ def test_stage_completed_chains_only_from_top_level_deployment_runs():
     assert got[0].payload == {"out": "runs/x/pretrain", "data": "d/shards", "steps": 3}
     assert got[0].resource["mumu.stage"] == "pretrain"
     assert got[0].resource["mumu.chain"] == "false"  # not a deployment run: triggers ignore it
+
+
+def test_chain_label_is_true_only_for_a_top_level_deployment_run(monkeypatch):
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    from prefect.context import FlowRunContext
+
+    sent = []
+    monkeypatch.setattr(events, "emit_event", lambda **kw: sent.append(kw))
+
+    def emit_as(deployment_id, parent_task_run_id):
+        run = SimpleNamespace(deployment_id=deployment_id, parent_task_run_id=parent_task_run_id)
+        monkeypatch.setattr(FlowRunContext, "get", classmethod(lambda cls: SimpleNamespace(flow_run=run)))
+        events.emit_stage_completed("tune", "r/tune", data="r/data")
+        return sent[-1]["resource"]["mumu.chain"]
+
+    assert emit_as(uuid4(), None) == "true"  # `prefect deployment run 'tune/mumu'` or a trigger
+    assert emit_as(uuid4(), uuid4()) == "false"  # a subflow of the pipeline deployment's run
+    assert emit_as(None, None) == "false"  # `mumu tune ...` from the command line
+    assert sent[-1]["event"] == events.STAGE_COMPLETED
+    assert sent[-1]["payload"] == {"out": "r/tune", "data": "r/data"}
+    assert sent[-1]["resource"]["prefect.resource.id"] == "mumu.stage.tune"
