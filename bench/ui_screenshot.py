@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deployments.local_server import local_server  # noqa: E402
-from mumu.cli import SAMPLES_DIR  # noqa: E402
+from mumu import SAMPLES_DIR  # noqa: E402
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from deployments.local_server import local_server, prefect_cli, worker
-from mumu.cli import SAMPLES_DIR
+from mumu import SAMPLES_DIR
 
 pytestmark = pytest.mark.slow
 
