@@ -10,6 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# One intra-op thread: the test models are tiny, so extra threads only add sync cost, and on a shared
+# 2-core machine two spinning OpenMP threads per process made a forward 10-20x slower.
+torch.set_num_threads(1)
 
 from tests.prefect_harness import prefect_server  # noqa: E402,F401  (session fixture)

@@ -38,16 +38,6 @@ def scene(seed: int, width: int, height: int) -> Image.Image:
     return image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These models are tiny: intra-op threads only add sync cost, and when other processes load the
-    2 cores, 2 spinning OpenMP threads made a detector forward ~20x slower (0.25 s -> 5.6 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data_cfg():
     return load_profile("tiny").data

@@ -25,15 +25,6 @@ GREEN = PIL.Image.new("RGB", (24, 48), (30, 200, 30))
 CFG = SamplerConfig(steps=2, guidance_scale=3.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions lose badly to thread contention on a shared 2-core machine: 1 thread is ~10x faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("gen") / "model"

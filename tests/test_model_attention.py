@@ -15,16 +15,6 @@ from models.attention import CaptureProcessor, attention_mask_loss, entity_maps
 from models.mumu_model import MumuModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process are
-    several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @dataclass
 class Ex:
     key: str

@@ -13,16 +13,6 @@ from models.encoder import PromptEncoder, truncate_at_segment
 from models.mumu_model import MumuModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process are
-    several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def solid(color, size=(64, 64)):
     return PIL.Image.new("RGB", size, color)
 

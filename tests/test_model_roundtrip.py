@@ -11,16 +11,6 @@ from mumu.config.train import AttnLossConfig
 from models.mumu_model import MumuModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process are
-    several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_cfg(encoder: dict | None = None, decoder: dict | None = None):
     cfg = load_profile("tiny").model
     return cfg.model_copy(update={

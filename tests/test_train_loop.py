@@ -15,16 +15,6 @@ from mumu.train.loop import TrainingError, run_seed, train
 from mumu.train.optim import step_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process are
-    several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _examples() -> list[Example]:
     out = []
     for i, (color, name) in enumerate([((230, 30, 30), "red"), ((30, 30, 230), "blue"), ((30, 200, 30), "green")]):
