@@ -30,6 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from mumu.io import write_text_atomic
+
 ARMS = {"a": "w/o Tuning (stage 1 only)", "b": "w/o VisualEnh (attn weight 0)", "c": "full (tune + attn loss)"}
 COLUMNS = [("heldout", "fidelity"), ("heldout", "margin"), ("seen", "fidelity"), ("seen", "margin"),
            ("all", "adherence")]
@@ -103,16 +105,16 @@ def run_seed(args_dict: dict, seed: int, vae_dir: str, urls: list[str]) -> dict:
                         "attn_mean": float(np.mean(attn)) if attn else None,
                         "tune_checkpoint": str(res.checkpoints[-1]) if res.checkpoints else None,
                         "final_loss": res.final_loss, "seconds": stage1_seconds + time.perf_counter() - t0}
-    summary_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(summary_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
     return results
 
 
 def evaluate_seed(args_dict: dict, seed: int, arms: dict, prompts: list, emoji_dir: str) -> dict:
     """Generate the eval prompts with each arm's model and score them → {arm: {column: value}}."""
+    import ablation_metrics as M
     import torch
     from diffusers.utils import make_image_grid
 
-    import ablation_metrics as M
     from mumu.config import load_profile
     from mumu.data.scenes import load_emoji_names
     from mumu.generate import MumuSampler, load_model
@@ -173,11 +175,11 @@ def cpu_name() -> str:
 
 
 def main(argv=None) -> dict:
-    import torch
-
     import ablation_data as D
     import ablation_metrics as M
     import ablation_vae as V
+    import torch
+
     from mumu import SAMPLES_DIR
     from mumu.config import load_profile
 
@@ -226,7 +228,7 @@ def main(argv=None) -> dict:
     result = {"table": table, "per_seed": {str(s): v for s, v in per_seed.items()},
               "arms": {str(s): v for s, v in per_seed_arms.items()}, "reference": reference, "budget": budget,
               "prompts": [p.text for p in prompts], "heldout_subjects": sorted(heldout.values())}
-    (out / "results.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(table)
     print(json.dumps(budget, indent=1))
     if args.write_docs:

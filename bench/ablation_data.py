@@ -23,6 +23,7 @@ from PIL import Image
 from mumu.data import stages
 from mumu.data.oracle import GroundTruth
 from mumu.data.scenes import PLAIN, _emoji_path, article, load_emoji_names, render_scene
+from mumu.io import write_text_atomic
 
 # Background colours whose name the word-level tokenizer knows ("teal" is not in mumu/resources/words.txt)
 # and that are not near-white (the prompt images are shown on white).
@@ -85,14 +86,14 @@ def build_shards(emoji_dir: Path, train: dict[str, str], out: Path, n_scenes: in
         scene.image.save(scenes_dir / file)
         rows.append(json.dumps({"image": file, "caption": scene.caption}))
         n_objects.append(len(scene.objects))
-    (scenes_dir / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    write_text_atomic(scenes_dir / "captions.jsonl", "\n".join(rows) + "\n")
     manifest, _ = stages.run_local(scenes_dir, shard_dir, profile.data, None, oracle, oracle, "ablation")
     if manifest.written != n_scenes:
         raise RuntimeError(f"data stage wrote {manifest.written} of {n_scenes} scenes (see {shard_dir})")
     summary = {"scenes": n_scenes, "written": manifest.written, "size": size,
                "objects": {str(k): n_objects.count(k) for k in sorted(set(n_objects))},
                "train_subjects": len(train), "background_colours": sorted(PLAIN)}
-    summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(summary_path, json.dumps(summary, indent=1, sort_keys=True) + "\n")  # the "done" marker
     return summary
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.decoder import TINY_VAE
+from mumu.io import write_text_atomic
 
 
 def _load_images(scene_dir: Path, size: int, limit: int) -> torch.Tensor:
@@ -77,5 +78,5 @@ def train_vae(scene_dir: Path, out_dir: Path, *, size: int = 64, steps: int = 30
     summary = {"steps": steps, "batch_size": batch_size, "images": len(data), "final_loss": float(np.mean(losses[-20:])),
                "reconstruction_mae_0_255": round(mae, 2), "scaling_factor": 1.0 / std,
                "seconds": round(time.perf_counter() - t0, 1)}
-    summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(summary_path, json.dumps(summary, indent=1, sort_keys=True) + "\n")  # the "done" marker
     return summary

@@ -12,9 +12,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench")]
 
-import ablation  # noqa: E402
-import ablation_metrics as M  # noqa: E402
-from mumu import SAMPLES_DIR  # noqa: E402
+import ablation
+import ablation_metrics as M
+
+from mumu import SAMPLES_DIR
 
 EMOJI = SAMPLES_DIR.parent / "emoji"
 
