@@ -130,7 +130,7 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
             triggered = _wait(
                 "the build-data run triggered by mumu.data.landed",
                 lambda: [r for r in api.runs_of(build_id) if r["parameters"].get("input_path") == str(inbox)],
-                60, on_timeout=log,
+                90, on_timeout=log,
             )
             assert len(triggered) == 1
             assert triggered[0]["parameters"]["out"] == f"{landed}/data"
@@ -156,7 +156,9 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
               {"prefect.resource.id": "mumu.stage.pretrain", "mumu.stage": "pretrain", "mumu.chain": "true"},
               {"out": f"{run_root}/pretrain", "data": f"{run_root}/data"})
         tune_id = deployments["tune/mumu"]["id"]
-        tune_runs = _wait("the tune run triggered by pretrain's completion", lambda: api.runs_of(tune_id), 60)
+        server_log = lambda: "server log:\n" + _tail(home / "server.log")  # noqa: E731
+        tune_runs = _wait("the tune run triggered by pretrain's completion", lambda: api.runs_of(tune_id), 90,
+                          on_timeout=server_log)
         assert len(tune_runs) == 1
         assert tune_runs[0]["parameters"] == {"data": f"{run_root}/data", "init": f"{run_root}/pretrain",
                                               "out": f"{run_root}/tune", "profile": "tiny"}
@@ -170,7 +172,8 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
         pretrain_id = deployments["pretrain/mumu"]["id"]
         pretrain_runs = _wait("the pretrain run triggered by build-data's completion",
                               lambda: [r for r in api.runs_of(pretrain_id)
-                                       if r["parameters"]["data"] == f"{run_root}/data"], 60)
+                                       if r["parameters"]["data"] == f"{run_root}/data"], 90,
+                              on_timeout=server_log)
         assert pretrain_runs[0]["parameters"]["out"] == f"{run_root}/pretrain"
         # the chain=false event was emitted before the one just seen: its automation has had its chance
         time.sleep(3)
