@@ -234,7 +234,7 @@ def main(argv=None) -> dict:
     if args.write_docs:
         from ablation_report import write_docs
 
-        write_docs(ROOT / "docs" / "ablation.md", result, argv if argv is not None else sys.argv[1:])
+        write_docs(ROOT / "docs" / "ablation.md", result, out)
     return result
 
 

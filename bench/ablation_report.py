@@ -9,6 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from mumu.io import write_text_atomic
 
 ARMS = {"a": "w/o Tuning", "b": "w/o VisualEnh", "c": "full"}
@@ -71,7 +74,18 @@ def _ordering(per_seed: dict, key: str) -> str:
     return " > ".join(f"({a})" for a in order)
 
 
-def render(result: dict) -> str:
+def prompt_spread(grid_path: Path, n_prompts: int) -> float:
+    """How much the prompt changes the image: each sample column of a samples grid uses the same initial
+    noise for every prompt (row), so the mean over pixels of the std across rows (0..255) is 0 for a model
+    that ignores its conditioning."""
+    arr = np.asarray(Image.open(grid_path).convert("RGB"), np.float64)
+    cell = arr.shape[0] // n_prompts
+    cols = arr.shape[1] // cell
+    cells = arr.reshape(n_prompts, cell, cols, cell, 3)
+    return float(cells.std(axis=0).mean())
+
+
+def render(result: dict, run_dir: Path | None = None) -> str:
     b = result["budget"]
     per_seed = result["per_seed"]
     lines = [METHOD, "## Results", ""]
@@ -89,21 +103,29 @@ def render(result: dict) -> str:
               f"of 255), training {b['train_seconds']:.0f} s, generation + scoring {b['eval_seconds']:.0f} s"),
               "- wall time per arm and seed, stage 1 included (s): "
               + "; ".join(f"({a}) {v}" for a, v in b["arm_seconds"].items()), ""]
-    lines += ["### Per seed", "", "| seed | arm | final loss | mean attn loss (logged) | heldout margin | seen margin | adherence |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["### Per seed", "",
+              ("Prompt spread: mean std (0..255) across prompts of the images drawn from the same noise "
+              "(0 = the prompt changes nothing)."), "",
+              "| seed | arm | final loss | mean attn loss (logged) | heldout margin | seen margin | adherence | prompt spread |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in sorted(per_seed):
         for a in ARMS:
             info, sc = result["arms"][s][a], per_seed[s][a]
             attn = "—" if info["attn_mean"] is None else f"{info['attn_mean']:.3f} (weight {info['attn_weight']})"
             lines.append(f"| {s} | ({a}) | {info['final_loss']:.3f} | {attn} | {sc['heldout/margin']:.3f} | "
-                         f"{sc['seen/margin']:.3f} | {sc['all/adherence']:.3f} |")
+                         f"{sc['seen/margin']:.3f} | {sc['all/adherence']:.3f} | {_spread(run_dir, s, a, result)} |")
     lines += ["", ("Samples: `runs/ablation/seed-*/samples-{a,b,c}.png` (one row per prompt, in the order of "
               "`results.json` \"prompts\")."), ""]
     return "\n".join(lines)
 
 
-def write_docs(path: Path, result: dict, argv=None) -> None:
-    write_text_atomic(Path(path), render(result))
+def _spread(run_dir: Path | None, seed: str, arm: str, result: dict) -> str:
+    grid = None if run_dir is None else Path(run_dir) / f"seed-{seed}" / f"samples-{arm}.png"
+    return "—" if grid is None or not grid.exists() else f"{prompt_spread(grid, len(result['prompts'])):.1f}"
+
+
+def write_docs(path: Path, result: dict, run_dir: Path | None = None) -> None:
+    write_text_atomic(Path(path), render(result, run_dir))
 
 
 def main(argv=None) -> None:
@@ -111,7 +133,7 @@ def main(argv=None) -> None:
     ap.add_argument("results")
     ap.add_argument("--docs", default=str(Path(__file__).resolve().parent.parent / "docs" / "ablation.md"))
     a = ap.parse_args(argv)
-    write_docs(Path(a.docs), json.loads(Path(a.results).read_text()))
+    write_docs(Path(a.docs), json.loads(Path(a.results).read_text()), Path(a.results).parent)
 
 
 if __name__ == "__main__":
