@@ -124,8 +124,16 @@ def _spread(run_dir: Path | None, seed: str, arm: str, result: dict) -> str:
     return "—" if grid is None or not grid.exists() else f"{prompt_spread(grid, len(result['prompts'])):.1f}"
 
 
+READING = "\n## Reading (hand-written)"
+
+
 def write_docs(path: Path, result: dict, run_dir: Path | None = None) -> None:
-    write_text_atomic(Path(path), render(result, run_dir))
+    """Regenerate everything above an existing hand-written "## Reading" section, which is kept as is
+    (it interprets one run: re-read it after a new run)."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(READING):] if READING in old else ""
+    write_text_atomic(path, render(result, run_dir).rstrip("\n") + "\n" + kept)
 
 
 def main(argv=None) -> None:
