@@ -60,7 +60,6 @@ def chain(work: Path, images: int = 4, timeout: float = 1500) -> bool:
                          "--param", f"out={run_root}", "--param", "settle_seconds=0"], env)
             say(f"watch-inputs/inbox run on {inbox}")
             seen: dict[str, str] = {}
-            announced = False
             while time.monotonic() - started < timeout:
                 runs = _runs(http)
                 for flow, run in runs:
@@ -75,18 +74,6 @@ def chain(work: Path, images: int = 4, timeout: float = 1500) -> bool:
                 if "evaluate" in by_flow and by_flow["evaluate"]["state"]["type"] == "COMPLETED":
                     say(f"chain complete: report under {run_root / 'eval'}")
                     return True
-                build = by_flow.get("build-data")
-                if build and build["state"]["type"] == "COMPLETED" and "pretrain" not in by_flow and not announced:
-                    # flows/build_data.py does not call emit_stage_completed yet: announce it here so the
-                    # rest of the chain runs (remove once it does).
-                    time.sleep(10)
-                    if "pretrain" not in dict(_runs(http)):
-                        say("build-data sent no mumu.stage.completed: emitting it on its behalf")
-                        prefect_cli(["event", "emit", "mumu.stage.completed", "--resource", json.dumps(
-                            {"prefect.resource.id": "mumu.stage.build-data", "mumu.stage": "build-data",
-                             "mumu.chain": "true"}), "--payload", json.dumps({"out": build["parameters"]["out"]})],
-                            env)
-                    announced = True
                 time.sleep(2)
             say("timed out")
             return False

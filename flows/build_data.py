@@ -16,6 +16,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from tqdm import tqdm
 
+from deployments.events import emit_stage_completed
 from mumu.config import config_hash, load_profile
 from mumu.data import stages
 from tasks import data as t
@@ -58,4 +59,5 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
     )
     log.info("wrote %d samples in %d shards, quarantined %d (of %d inputs)",
              manifest.written, len(manifest.shards), manifest.quarantined, manifest.inputs)
+    emit_stage_completed("build-data", out, input=input_path)
     return manifest.model_dump(mode="json")

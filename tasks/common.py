@@ -36,7 +36,10 @@ _cache: dict[tuple[str, str], Any] = {}
 
 
 def worker_device(runtime: RuntimeConfig) -> torch.device:
-    """The device this worker uses: on a multi-GPU machine, Dask workers are spread over the GPUs."""
+    """The device this worker uses: on a multi-GPU machine, Dask workers are spread over the GPUs.
+    Also applies `runtime.torch_threads` to this worker process."""
+    if runtime.torch_threads:
+        torch.set_num_threads(runtime.torch_threads)
     device = resolve_device(runtime)
     if device.type == "cuda" and torch.cuda.device_count() > 1:
         try:

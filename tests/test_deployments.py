@@ -143,6 +143,12 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
             assert manifest["written"] > 0
             for shard in manifest["shards"]:
                 assert (out / shard["name"]).stat().st_size > 0
+            # the finished top-level build-data run announced itself: its pretrain run was created (on the
+            # gpu queue, which this worker does not serve)
+            chained = _wait("the pretrain run triggered by the real build-data completion",
+                            lambda: [r for r in api.runs_of(deployments["pretrain/mumu"]["id"])
+                                     if r["parameters"]["data"] == str(out)], 90, on_timeout=log)
+            assert chained[0]["parameters"]["out"] == f"{tmp_path}/pretrain"
 
             _wait_completed(api, triggered[0]["id"], 240, log)
             phase("triggered build-data run completed")
@@ -157,8 +163,10 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
               {"out": f"{run_root}/pretrain", "data": f"{run_root}/data"})
         tune_id = deployments["tune/mumu"]["id"]
         server_log = lambda: "server log:\n" + _tail(home / "server.log")  # noqa: E731
-        tune_runs = _wait("the tune run triggered by pretrain's completion", lambda: api.runs_of(tune_id), 90,
-                          on_timeout=server_log)
+        # (the build-data run above now chains for real: only the runs of this chain's folders count here)
+        tune_runs = _wait("the tune run triggered by pretrain's completion",
+                          lambda: [r for r in api.runs_of(tune_id) if r["parameters"]["out"] == f"{run_root}/tune"],
+                          90, on_timeout=server_log)
         assert len(tune_runs) == 1
         assert tune_runs[0]["parameters"] == {"data": f"{run_root}/data", "init": f"{run_root}/pretrain",
                                               "out": f"{run_root}/tune", "profile": "tiny"}
@@ -177,5 +185,6 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
         assert pretrain_runs[0]["parameters"]["out"] == f"{run_root}/pretrain"
         # the chain=false event was emitted before the one just seen: its automation has had its chance
         time.sleep(3)
-        assert api.runs_of(deployments["evaluate/mumu"]["id"]) == []
+        assert [r for r in api.runs_of(deployments["evaluate/mumu"]["id"])
+                if r["parameters"]["checkpoint"] == f"{run_root}/tune"] == []
         phase("event chain checked")

@@ -94,6 +94,8 @@ def train(
     if stage_name not in STAGES:
         raise UserError(f"unknown stage {stage_name!r}: choose one of {', '.join(STAGES)}")
     stage = getattr(profile.train, stage_name)
+    if profile.runtime.torch_threads:
+        torch.set_num_threads(profile.runtime.torch_threads)
     total = max_steps if max_steps is not None else stage.max_steps
     accum = stage.gradient_accumulation_steps
     out_dir = Path(out_dir)
