@@ -412,8 +412,10 @@ def iterate_examples(
 
 def _consume(dataset: _SlotStream, workers: int, stats: LoaderStats) -> Iterator[list[Example]]:
     if workers > 0:
+        # forkserver, not fork: this process may run threads (Prefect's API client and event workers, the
+        # tokenizers pool) whose locks a forked child would inherit held; seen as workers dying at start-up.
         source = iter(DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
-                                 prefetch_factor=2))
+                                 prefetch_factor=2, multiprocessing_context="forkserver"))
     else:
         source = iter(dataset)
     try:
