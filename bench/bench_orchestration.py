@@ -61,7 +61,6 @@ def main() -> None:
     from prefect import flow
 
     from flows.build_data import build_data
-    from flows.runners import task_runner
     from models.captioner import Captioner
     from models.detector import Detector
     from models.segmenter import Segmenter
@@ -87,10 +86,8 @@ def main() -> None:
             stages.run_local(inputs, tmp / f"out{next(runs)}", data, captioner, detector, segmenter, config_hash(data))
 
         def flowed(runner_overrides=None):
-            o = {**overrides, **(runner_overrides or {})}
-            runner = task_runner(load_profile("tiny", o).runtime)
-            build_data.with_options(task_runner=runner)(
-                input_path=str(inputs), out=str(tmp / f"out{next(runs)}"), profile="tiny", overrides=o)
+            o = {**overrides, **(runner_overrides or {})}  # build-data maps its shards on the profile's runner
+            build_data(input_path=str(inputs), out=str(tmp / f"out{next(runs)}"), profile="tiny", overrides=o)
 
         flow(lambda: None, name="warm-up")()  # ephemeral API start-up, outside every timer
         if args.only != "dask":

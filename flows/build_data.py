@@ -1,7 +1,7 @@
 """build-data: text–image pairs → multimodal-prompt webdataset shards.
 
-    plan-shards → ingest → caption → entities → detect → segment → compose → write-shard   (mapped over shards)
-                                                                              ↘ write-manifest
+    plan-shards → build-shards: ingest → caption → entities → detect → segment → compose → write-shard
+                  (a subflow on the profile's task runner, mapped over shards)  → write-manifest
 
 Finished shards (their report exists) are skipped, so a re-run after a crash resumes where it stopped.
 """
@@ -17,7 +17,11 @@ from prefect.futures import as_completed
 from tqdm import tqdm
 
 from deployments.events import emit_stage_completed
+from data_schemas import ShardReport
+from flows.runners import task_runner
 from mumu.config import config_hash, load_profile
+from mumu.config.data import DataConfig
+from mumu.config.runtime import RuntimeConfig
 from mumu.data import stages
 from tasks import data as t
 
@@ -35,21 +39,12 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
     todo = [s for s in shards if s.index not in done]
     log.info("%d input shards: %d already written, %d to build", len(shards), len(done), len(todo))
 
-    work = t.ingest.with_options(**retry).map(todo, unmapped(data.ingest))
-    work = t.caption.with_options(**retry).map(work, unmapped(data.caption), unmapped(runtime))
-    work = t.find_entities.with_options(**retry).map(work, unmapped(data.entities))
-    work = t.detect.with_options(**retry).map(work, unmapped(data.detect), unmapped(runtime))
-    work = t.segment.with_options(**retry).map(work, unmapped(data.segment), unmapped(runtime))
-    work = t.compose.with_options(**retry).map(work, unmapped(data))
-    written = t.write.with_options(**retry).map(work, unmapped(out), unmapped(data))
+    # The shards are mapped in a subflow that runs on the profile's task runner (threads, or Dask workers
+    # with one model replica each), however this flow was started: CLI, pipeline or a deployment.
+    built = build_shards.with_options(task_runner=task_runner(runtime))(todo, out, data, runtime, len(done))
+    reports = sorted([*done.values(), *built], key=lambda r: r.shard)
 
-    reports = list(done.values())
-    with tqdm(total=len(shards), initial=len(done), desc="build-data shards", unit="shard") as bar:
-        for future in as_completed(written):
-            reports.append(future.result())
-            bar.update(1)
-
-    manifest = t.write_manifest.with_options(**retry)(out, sorted(reports, key=lambda r: r.shard), data_hash)
+    manifest = t.write_manifest.with_options(**retry)(out, reports, data_hash)
     create_table_artifact(
         key="build-data-counts",
         table=[{"stage": "inputs", "count": manifest.inputs}, {"stage": "written", "count": manifest.written},
@@ -61,3 +56,24 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
              manifest.written, len(manifest.shards), manifest.quarantined, manifest.inputs)
     emit_stage_completed("build-data", out, input=input_path)
     return manifest.model_dump(mode="json")
+
+
+@flow(name="build-shards", validate_parameters=False)
+def build_shards(todo: list[stages.InputShard], out: str, data: DataConfig, runtime: RuntimeConfig,
+                 already_done: int = 0) -> list[ShardReport]:
+    """ingest → caption → entities → detect → segment → compose → write-shard, mapped over `todo`."""
+    retry = dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
+    work = t.ingest.with_options(**retry).map(todo, unmapped(data.ingest))
+    work = t.caption.with_options(**retry).map(work, unmapped(data.caption), unmapped(runtime))
+    work = t.find_entities.with_options(**retry).map(work, unmapped(data.entities))
+    work = t.detect.with_options(**retry).map(work, unmapped(data.detect), unmapped(runtime))
+    work = t.segment.with_options(**retry).map(work, unmapped(data.segment), unmapped(runtime))
+    work = t.compose.with_options(**retry).map(work, unmapped(data))
+    written = t.write.with_options(**retry).map(work, unmapped(out), unmapped(data))
+
+    reports = []
+    with tqdm(total=len(todo) + already_done, initial=already_done, desc="build-data shards", unit="shard") as bar:
+        for future in as_completed(written):
+            reports.append(future.result())
+            bar.update(1)
+    return reports

@@ -1,7 +1,8 @@
 """evaluate: generate every benchmark prompt from a checkpoint, score DINO / CLIP-I / CLIP-T / FID, report.
 
-    build benchmarks ──▶ generate-chunk (mapped over chunks; finished chunks skipped) ──▶ score-benchmark
-                                                                         ──▶ write-report (+ artifacts)
+    per benchmark: generate-benchmark (subflow on the profile's task runner: generate-chunk mapped over
+                   chunks, finished chunks skipped) ──▶ score-benchmark
+    then: write-report (+ table and markdown artifacts)
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from prefect.futures import as_completed
 from tqdm import tqdm
 
 from deployments.events import emit_stage_completed
+from flows.runners import task_runner
 from mumu.config import load_profile
-from mumu.eval.benchmarks import build_benchmarks, chunk
+from mumu.config.eval import EvalConfig
+from mumu.config.runtime import RuntimeConfig
+from mumu.eval.benchmarks import Benchmark, build_benchmarks, chunk
 from mumu.runs import model_dir
 from tasks import evaluate as t
 
@@ -28,21 +32,15 @@ def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny
     if bench != "toy":
         overrides["eval.benchmark.root"] = bench
     cfg = load_profile(profile, overrides)
-    ev, runtime, log = cfg.eval, cfg.runtime, get_run_logger()
+    ev, runtime = cfg.eval, cfg.runtime
     model = str(model_dir(checkpoint))
     retry = dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
 
     scores = []
     for benchmark in build_benchmarks(ev.benchmark):
         bench_dir = str(Path(out) / benchmark.name)
-        chunks = chunk(benchmark.items, ev.chunk_size)
-        log.info("%s: %d prompts in %d chunks", benchmark.name, len(benchmark.items), len(chunks))
-        futures = t.generate_chunk.with_options(**retry).map(
-            chunks, list(range(len(chunks))), unmapped(model), unmapped(bench_dir), unmapped(ev), unmapped(runtime))
-        with tqdm(total=len(chunks), desc=f"generate {benchmark.name}", unit="chunk") as bar:
-            for future in as_completed(futures):
-                future.result()
-                bar.update(1)
+        # Chunks are mapped in a subflow on the profile's task runner, however this flow was started.
+        generate_benchmark.with_options(task_runner=task_runner(runtime))(benchmark, model, bench_dir, ev, runtime)
         scores.append(t.score_benchmark.with_options(**retry)(benchmark, bench_dir, ev, runtime))
 
     report = t.write_report(scores, out, ev.report, run=Path(checkpoint).name)
@@ -51,3 +49,17 @@ def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny
                              description=f"report with sample grids: {report.markdown_path}")
     emit_stage_completed("evaluate", out, checkpoint=checkpoint, report=str(report.markdown_path))
     return {"markdown": str(report.markdown_path), "json": str(report.json_path), "rows": report.rows}
+
+
+@flow(name="generate-benchmark", validate_parameters=False)
+def generate_benchmark(benchmark: Benchmark, model: str, bench_dir: str, ev: EvalConfig, runtime: RuntimeConfig) -> None:
+    """generate-chunk mapped over the benchmark's chunks; chunks whose record exists are not generated again."""
+    retry = dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
+    chunks = chunk(benchmark.items, ev.chunk_size)
+    get_run_logger().info("%s: %d prompts in %d chunks", benchmark.name, len(benchmark.items), len(chunks))
+    futures = t.generate_chunk.with_options(**retry).map(
+        chunks, list(range(len(chunks))), unmapped(model), unmapped(bench_dir), unmapped(ev), unmapped(runtime))
+    with tqdm(total=len(chunks), desc=f"generate {benchmark.name}", unit="chunk") as bar:
+        for future in as_completed(futures):
+            future.result()
+            bar.update(1)

@@ -17,7 +17,6 @@ from prefect import flow
 from flows.build_data import build_data
 from flows.evaluate import evaluate
 from flows.pretrain import pretrain
-from flows.runners import task_runner
 from flows.tune import tune
 from mumu import SAMPLES_DIR
 from mumu.config import load_profile
@@ -26,15 +25,13 @@ from mumu.config import load_profile
 @flow(name="pipeline")
 def pipeline(input_path: str | None = None, out: str = "runs/tiny", profile: str = "tiny",
              overrides: dict[str, Any] | None = None) -> dict:
-    cfg = load_profile(profile, overrides)
+    load_profile(profile, overrides)  # fail fast on a bad profile
     root = Path(out)
     data, stage1, stage2, report = (str(root / name) for name in ("data", "pretrain", "tune", "eval"))
     common = dict(profile=profile, overrides=overrides)
 
-    build_data.with_options(task_runner=task_runner(cfg.runtime))(
-        input_path=str(input_path or SAMPLES_DIR), out=data, **common)
+    build_data(input_path=str(input_path or SAMPLES_DIR), out=data, **common)
     pretrain(data=data, out=stage1, **common)
     tune(data=data, init=stage1, out=stage2, **common)
-    evaluation = evaluate.with_options(task_runner=task_runner(cfg.runtime))(
-        checkpoint=stage2, out=report, **common)
+    evaluation = evaluate(checkpoint=stage2, out=report, **common)
     return {"data": data, "pretrain": stage1, "tune": stage2, "report": evaluation["markdown"]}

@@ -33,13 +33,6 @@ def _profile(args: argparse.Namespace):
     return load_profile(args.profile, overrides), overrides
 
 
-def _with_runner(flow, cfg):
-    """The flow with the task runner its profile asks for (thread pool, or Dask for scale-out)."""
-    from flows.runners import task_runner
-
-    return flow.with_options(task_runner=task_runner(cfg.runtime))
-
-
 def cmd_build_data(args: argparse.Namespace) -> None:
     cfg, overrides = _profile(args)
     if not Path(args.input).exists():
@@ -49,7 +42,7 @@ def cmd_build_data(args: argparse.Namespace) -> None:
 
     plan_shards(Path(args.input), cfg.data.ingest)  # an unusable input fails here, before Prefect starts
 
-    manifest = _with_runner(build_data, cfg)(
+    manifest = build_data(
         input_path=str(args.input), out=str(args.out), profile=args.profile, overrides=overrides
     )
     print(f"wrote {manifest['written']} samples in {len(manifest['shards'])} shards to {args.out} "
@@ -57,26 +50,26 @@ def cmd_build_data(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    cfg, overrides = _profile(args)
+    _, overrides = _profile(args)
     from mumu.data.shards import shard_urls
 
     shard_urls(args.data)  # no shards → one line here, before Prefect starts
     from flows.pretrain import pretrain
 
-    result = _with_runner(pretrain, cfg)(data=args.data, out=args.out, profile=args.profile, overrides=overrides,
+    result = pretrain(data=args.data, out=args.out, profile=args.profile, overrides=overrides,
                                          max_steps=args.max_steps, resume=args.resume)
     print(f"pretrain: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['model']}")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    cfg, overrides = _profile(args)
+    _, overrides = _profile(args)
     from mumu.data.shards import shard_urls
     from mumu.runs import model_dir
 
     shard_urls(args.data), model_dir(args.init)
     from flows.tune import tune
 
-    result = _with_runner(tune, cfg)(data=args.data, init=args.init, out=args.out, profile=args.profile,
+    result = tune(data=args.data, init=args.init, out=args.out, profile=args.profile,
                                      overrides=overrides, attn_loss_weight=args.attn_loss_weight,
                                      max_steps=args.max_steps, resume=args.resume)
     print(f"tune: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['model']}")
@@ -94,22 +87,22 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    cfg, overrides = _profile(args)
+    _, overrides = _profile(args)
     from mumu.runs import model_dir
 
     model_dir(args.checkpoint)
     from flows.evaluate import evaluate
 
-    report = _with_runner(evaluate, cfg)(checkpoint=args.checkpoint, out=args.out, bench=args.bench,
+    report = evaluate(checkpoint=args.checkpoint, out=args.out, bench=args.bench,
                                          profile=args.profile, overrides=overrides)
     print(f"report: {report['markdown']}")
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    cfg, overrides = _profile(args)
+    _, overrides = _profile(args)
     from flows.pipeline import pipeline
 
-    result = _with_runner(pipeline, cfg)(input_path=args.input, out=args.out, profile=args.profile,
+    result = pipeline(input_path=args.input, out=args.out, profile=args.profile,
                                          overrides=overrides)
     print(f"pipeline finished: report in {result['report']}")
 
