@@ -24,6 +24,7 @@ from mumu.config.data import DataConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.data import stages
 from tasks import data as t
+from tasks.common import retry_options
 
 
 @flow(name="build-data", log_prints=False)
@@ -31,7 +32,7 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
     cfg = load_profile(profile, overrides)
     data, runtime = cfg.data, cfg.runtime
     log = get_run_logger()
-    retry = dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
+    retry = retry_options(runtime)
 
     shards = t.plan_shards.with_options(**retry)(input_path, data.ingest)
     data_hash = config_hash(data)
@@ -62,7 +63,7 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
 def build_shards(todo: list[stages.InputShard], out: str, data: DataConfig, runtime: RuntimeConfig,
                  already_done: int = 0) -> list[ShardReport]:
     """ingest → caption → entities → detect → segment → compose → write-shard, mapped over `todo`."""
-    retry = dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
+    retry = retry_options(runtime)
     work = t.ingest.with_options(**retry).map(todo, unmapped(data.ingest))
     work = t.caption.with_options(**retry).map(work, unmapped(data.caption), unmapped(runtime))
     work = t.find_entities.with_options(**retry).map(work, unmapped(data.entities))

@@ -23,6 +23,7 @@ from mumu.config.runtime import RuntimeConfig
 from mumu.eval.benchmarks import Benchmark, build_benchmarks, chunk
 from mumu.runs import model_dir
 from tasks import evaluate as t
+from tasks.common import retry_options
 
 
 @flow(name="evaluate")
@@ -34,7 +35,7 @@ def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny
     cfg = load_profile(profile, overrides)
     ev, runtime = cfg.eval, cfg.runtime
     model = str(model_dir(checkpoint))
-    retry = dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
+    retry = retry_options(runtime)
 
     scores = []
     for benchmark in build_benchmarks(ev.benchmark):
@@ -54,7 +55,7 @@ def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny
 @flow(name="generate-benchmark", validate_parameters=False)
 def generate_benchmark(benchmark: Benchmark, model: str, bench_dir: str, ev: EvalConfig, runtime: RuntimeConfig) -> None:
     """generate-chunk mapped over the benchmark's chunks; chunks whose record exists are not generated again."""
-    retry = dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
+    retry = retry_options(runtime)
     chunks = chunk(benchmark.items, ev.chunk_size)
     get_run_logger().info("%s: %d prompts in %d chunks", benchmark.name, len(benchmark.items), len(chunks))
     futures = t.generate_chunk.with_options(**retry).map(

@@ -65,6 +65,11 @@ def cached_model(kind: str, cfg: Any, device: torch.device, build: Callable[[], 
         return _cache[key]
 
 
+def retry_options(runtime: RuntimeConfig) -> dict[str, Any]:
+    """`task.with_options(**retry_options(runtime))`: the profile's retry count and delay."""
+    return dict(retries=runtime.task_retries, retry_delay_seconds=runtime.task_retry_delay_seconds)
+
+
 def lazy_model(kind: str, model_cls: Any, cfg: Any, runtime: RuntimeConfig) -> "Lazy":
     """`model_cls.from_config(cfg, device)` from this process's cache, loaded on first use."""
     device = worker_device(runtime)
