@@ -113,6 +113,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override a profile field, e.g. --set data.detect.box_threshold=0.3 (repeatable)")
 
 
+def _training(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument("--max-steps", type=int, help=f"override the profile's train.{stage}.max_steps")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from OUT's last checkpoint (default); --no-resume starts over")
+    _common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mumu", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,10 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="stage 1: text-to-image pretraining from shards")
     p.add_argument("--data", required=True, help="a build-data output folder (its manifest lists the shards)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, tb/, samples/, model/")
-    p.add_argument("--max-steps", type=int, help="override the profile's train.pretrain.max_steps")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from OUT's last checkpoint (default); --no-resume starts over")
-    _common(p)
+    _training(p, "pretrain")
     p.set_defaults(run=cmd_pretrain)
 
     p = sub.add_parser("tune", help="stage 2: multimodal instruction tuning with the attention-mask loss")
@@ -137,10 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="the stage-1 run folder (or its model/ folder)")
     p.add_argument("--out", required=True, help="run folder of this stage")
     p.add_argument("--attn-loss-weight", type=float, help="W in diffusion loss + W·L_attn (0 disables it)")
-    p.add_argument("--max-steps", type=int, help="override the profile's train.tune.max_steps")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from OUT's last checkpoint (default); --no-resume starts over")
-    _common(p)
+    _training(p, "tune")
     p.set_defaults(run=cmd_tune)
 
     p = sub.add_parser("generate", help="generate images from a multimodal prompt")

@@ -86,6 +86,22 @@ def _run_model(call: Callable, args: list[tuple], check: Callable[[Any, tuple], 
     return results
 
 
+def _apply(work: ShardWork, stage: str, todo: list[int], results: list[Any], update: Callable[[Item, Any], Any]):
+    """Each model result onto its item → (items kept, quarantine records). A result that is an exception,
+    or an `update` that returns a reason (str) instead of an item, moves the item to quarantine."""
+    items: list[Item | None] = list(work.items)
+    bad = []
+    for i, res in zip(todo, results):
+        it = work.items[i]
+        out = _reason(res) if isinstance(res, Exception) else update(it, res)
+        if isinstance(out, str):
+            bad.append(work.reject(it.source, stage, out))
+            items[i] = None
+        else:
+            items[i] = out
+    return [it for it in items if it is not None], bad
+
+
 def ingest(shard: InputShard, cfg: IngestConfig) -> ShardWork:
     """Read and decode every planned input; bad ones go to quarantine with the decoder's reason."""
     work = ShardWork(shard=shard.index, inputs=len(shard.refs), items=(), plan_sha256=shard.plan_sha256)
@@ -118,19 +134,14 @@ def caption(work: ShardWork, captioner) -> ShardWork:
                 raise TypeError(f"captioner returned {type(out).__name__}, not str")
 
         results = _run_model(captioner.caption, [(work.items[i].image,) for i in todo], check)
-    items, bad, n = list(work.items), [], 0
-    for i, res in zip(todo, results):
-        it = work.items[i]
-        if isinstance(res, Exception):
-            bad.append(work.reject(it.source, "caption", _reason(res)))
-            items[i] = None
-        elif not res.strip():
-            bad.append(work.reject(it.source, "caption", "empty caption from captioner"))
-            items[i] = None
-        else:
-            items[i] = it.replace(caption=res.strip(), caption_source="vlm")
-            n += 1
-    return work.next([it for it in items if it is not None], bad, {"captioned_by_vlm": n})
+
+    def update(it: Item, text: str):
+        if not text.strip():
+            return "empty caption from captioner"
+        return it.replace(caption=text.strip(), caption_source="vlm")
+
+    items, bad = _apply(work, "caption", todo, results, update)
+    return work.next(items, bad, {"captioned_by_vlm": len(todo) - len(bad)})
 
 
 def find_entities(work: ShardWork, cfg: EntitiesConfig) -> ShardWork:
@@ -156,25 +167,22 @@ def detect(work: ShardWork, detector) -> ShardWork:
 
     args = [(work.items[i].image, [e.phrase for e in work.items[i].entities]) for i in todo]
     results = _run_model(detector.detect, args, check) if todo else []
-    items, bad, c = list(work.items), [], Counter()
-    for i, res in zip(todo, results):
-        it = work.items[i]
-        if isinstance(res, Exception):
-            bad.append(work.reject(it.source, "detect", _reason(res)))
-            items[i] = None
-            continue
+    c = Counter()
+
+    def update(it: Item, detections) -> Item:
         kept: list[Entity] = []
         for j, ent in enumerate(it.entities):
-            cands = [d for d in res if d.phrase_index == j]
-            best = max(cands, key=lambda d: d.score, default=None)
+            best = max((d for d in detections if d.phrase_index == j), key=lambda d: d.score, default=None)
             box = int_box(best.box, *it.image.size) if best is not None else None
             if box is None:
                 c["entities_undetected"] += 1
                 continue
             kept.append(Entity(ent.phrase, ent.span, box, float(best.score)))
         c["boxes"] += len(kept)
-        items[i] = it.replace(entities=tuple(kept))
-    return work.next([it for it in items if it is not None], bad, dict(c))
+        return it.replace(entities=tuple(kept))
+
+    items, bad = _apply(work, "detect", todo, results, update)
+    return work.next(items, bad, dict(c))
 
 
 def segment(work: ShardWork, segmenter) -> ShardWork:
@@ -190,18 +198,16 @@ def segment(work: ShardWork, segmenter) -> ShardWork:
 
     args = [(work.items[i].image, [tuple(map(float, e.box)) for e in work.items[i].entities]) for i in todo]
     results = _run_model(segmenter.segment, args, check) if todo else []
-    items, bad, c = list(work.items), [], Counter()
-    for i, res in zip(todo, results):
-        it = work.items[i]
-        if isinstance(res, Exception):
-            bad.append(work.reject(it.source, "segment", _reason(res)))
-            items[i] = None
-            continue
-        masks = res.astype(bool)
+    c = Counter()
+
+    def update(it: Item, masks) -> Item:
+        masks = masks.astype(bool)
         c["masks"] += len(masks)
         c["masks_empty"] += int((~masks.reshape(len(masks), -1).any(axis=1)).sum())
-        items[i] = it.replace(masks=masks)
-    return work.next([it for it in items if it is not None], bad, dict(c))
+        return it.replace(masks=masks)
+
+    items, bad = _apply(work, "segment", todo, results, update)
+    return work.next(items, bad, dict(c))
 
 
 def compose(work: ShardWork, cfg: ComposeConfig) -> ShardWork:
