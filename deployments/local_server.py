@@ -107,13 +107,18 @@ def local_server(home: str | Path, port: int | None = None, log_path: str | Path
 
 @contextmanager
 def worker(pool: str, env: dict[str, str], cwd: str | Path | None = None, queues: list[str] = (),
-           log_path: str | Path | None = None, extra_args: list[str] = ()) -> Iterator[subprocess.Popen]:
-    """`prefect worker start --pool POOL [--work-queue Q ...]`, stopped (two SIGTERMs) on exit."""
+           log_path: str | Path | None = None, extra_args: list[str] = (),
+           new_session: bool = False) -> Iterator[subprocess.Popen]:
+    """`prefect worker start --pool POOL [--work-queue Q ...]`, stopped (two SIGTERMs) on exit.
+
+    new_session: the worker leads its own process group, which its flow-run processes join, so
+    `os.killpg(proc.pid, SIGKILL)` takes down the worker with everything it runs (a lost machine)."""
     args = [*PREFECT, "worker", "start", "--pool", pool, *extra_args]
     for q in queues:
         args += ["--work-queue", q]
     log = open(log_path or Path(env["PREFECT_HOME"]) / f"worker-{pool}.log", "wb")
-    proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=new_session)
     try:
         yield proc
     finally:
