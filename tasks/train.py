@@ -1,15 +1,15 @@
 """The training task: one stage (pretrain or tune) of mumu.train.train, retryable and resumable.
 
 A retry (or a re-run of the deployment) resumes from the stage's last checkpoint, so a crash costs at
-most `checkpoint_every` steps. With `runtime.train_processes > 1` the stage runs under `accelerate launch`
-(one process per GPU) and its log lines are forwarded to the Prefect run logger.
+most `checkpoint_every` steps. With `runtime.train_processes > 1` (or several `runtime.train_machines`) the
+stage runs under `accelerate launch` (one process per GPU) and its log lines are forwarded to the Prefect
+run logger.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from mumu.config import load_profile
+from mumu.config.runtime import RuntimeConfig
 from mumu.data.shards import shard_urls
+from mumu.launch import accelerate_argv, run_launcher
 from mumu.train.entry import result_summary
 from tasks.common import TASK_OPTIONS
 
@@ -33,17 +35,17 @@ def _publish_sample(stage: str, step: int, png: Path) -> None:
 
 
 def _launch_argv(stage: str, profile: str, overrides: dict | None, data: str, out: str, init: str | None,
-                 max_steps: int | None, processes: int, resume: bool) -> list[str]:
-    argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-            "-m", "mumu.train.entry", stage, "--profile", profile, "--data", data, "--out", out,
-            "--overrides", json.dumps(overrides or {})]
+                 max_steps: int | None, runtime: RuntimeConfig, resume: bool) -> list[str]:
+    """`accelerate launch` of mumu.train.entry for this stage, on this machine's share of the processes."""
+    args = [stage, "--profile", profile, "--data", data, "--out", out, "--overrides", json.dumps(overrides or {})]
     if init:
-        argv += ["--init", init]
+        args += ["--init", init]
     if max_steps is not None:
-        argv += ["--max-steps", str(max_steps)]
+        args += ["--max-steps", str(max_steps)]
     if not resume:
-        argv.append("--no-resume")
-    return argv
+        args.append("--no-resume")
+    return accelerate_argv("mumu.train.entry", args, num_processes=runtime.train_world_size,
+                           launch_args=runtime.multi_node_launch_args())
 
 
 @task(name="train-stage", **{**TASK_OPTIONS, "retries": 1, "retry_delay_seconds": 5})
@@ -58,11 +60,8 @@ def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data
     log = get_run_logger()
     cfg = load_profile(profile, overrides)
     resume = resume or task_run.run_count > 1
-    if cfg.runtime.train_processes > 1:
-        from mumu.launch import run_launcher
-
-        run_launcher(_launch_argv(stage, profile, overrides, data, out, init, max_steps, cfg.runtime.train_processes,
-                                  resume),
+    if cfg.runtime.launches_training:
+        run_launcher(_launch_argv(stage, profile, overrides, data, out, init, max_steps, cfg.runtime, resume),
                      on_line=log.info)
         return json.loads((Path(out) / "result.json").read_text())
 

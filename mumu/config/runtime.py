@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import model_validator
+
 from mumu.config.base import StrictModel
 
 
@@ -19,7 +21,44 @@ class RuntimeConfig(StrictModel):
     dask_address: str | None = None
     # Torch intra-op threads per worker (0 = torch's default).
     torch_threads: int = 0
-    # Training processes (one per GPU) under `accelerate launch`; 1 = train inside the Prefect task.
+    # Training processes per machine (one per GPU) under `accelerate launch`; 1 on 1 machine = train
+    # inside the Prefect task.
     train_processes: int = 1
+    # Multi-node training: every machine runs the same stage (its own worker, the same `out` on shared
+    # storage) with its own `train_machine_rank`; rank 0 listens at `train_main_address` ("host:port").
+    train_machines: int = 1
+    train_machine_rank: int = 0
+    train_main_address: str | None = None
     task_retries: int = 2
     task_retry_delay_seconds: float = 1.0
+
+    @model_validator(mode="after")
+    def _multi_node(self) -> "RuntimeConfig":
+        if self.train_processes < 1 or self.train_machines < 1:
+            raise ValueError("train_processes and train_machines must be at least 1")
+        if not 0 <= self.train_machine_rank < self.train_machines:
+            raise ValueError(f"train_machine_rank must be in [0, {self.train_machines}) for "
+                             f"train_machines={self.train_machines}")
+        if self.train_machines > 1:
+            host, _, port = (self.train_main_address or "").rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError("train_machines > 1 needs train_main_address = \"host:port\" of the rank-0 machine")
+        return self
+
+    @property
+    def train_world_size(self) -> int:
+        """Training processes on all machines together (accelerate's --num_processes)."""
+        return self.train_processes * self.train_machines
+
+    @property
+    def launches_training(self) -> bool:
+        """Whether a training stage runs under `accelerate launch` (else inside the Prefect task)."""
+        return self.train_world_size > 1
+
+    def multi_node_launch_args(self) -> list[str]:
+        """`accelerate launch` options that place this machine in a multi-node job (none on one machine)."""
+        if self.train_machines == 1:
+            return []
+        host, _, port = self.train_main_address.rpartition(":")
+        return ["--num_machines", str(self.train_machines), "--machine_rank", str(self.train_machine_rank),
+                "--main_process_ip", host, "--main_process_port", port]
