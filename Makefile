@@ -1,12 +1,13 @@
 # `make run`: install into .venv (first time) and run the whole pipeline on the bundled samples (tiny profile).
-# `make test`: install into .venv (first time) and run the test suite, offline.
+# `make test`: install into .venv (first time), Debian's chromium if missing (`make browser`), and run the
+#              test suite, offline.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: install run test bench
+.PHONY: install browser run test bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,7 +19,20 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/mumu pipeline
 
-test: install
+# Debian's chromium for the UI check in tests/test_deployments.py, installed only when none is on PATH.
+# Without root it says what to run instead and carries on: the UI check then skips locally, fails in CI.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then \
+		echo "browser: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "browser: no chromium on PATH and not root, so not installing it; run" \
+			"'sudo apt-get install -y chromium' (until then the UI check in tests/test_deployments.py is skipped)"; \
+	elif ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); then \
+		echo "browser: could not install Debian's chromium with apt-get (see above);" \
+			"the UI check in tests/test_deployments.py is skipped locally and fails in CI"; \
+	fi
+
+test: install browser
 	$(PY) -m pytest -q --durations=15
 
 bench: install

@@ -1,6 +1,6 @@
 """prefect.yaml end to end on a real local server: deploy --all, a process worker runs build-data to
-Completed, the watcher's event triggers build-data, stage events trigger the next stage with templated
-parameters.
+Completed, the UI shows that run in a real browser (headless Debian chromium), the watcher's event
+triggers build-data, stage events trigger the next stage with templated parameters.
 
 Runs in its own PREFECT_HOME with `prefect server start` on a free port (not the session test harness:
 workers and triggers need a real server). Only the processes started here are stopped.
@@ -9,15 +9,19 @@ workers and triggers need a real server). Only the processes started here are st
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from deployments.local_server import local_server, prefect_cli, worker
+from deployments.ui_check import INSTALL_HINT, dump_dom, find_chromium, flow_run_url, page_text
 from mumu import SAMPLES_DIR
 
 pytestmark = pytest.mark.slow
@@ -43,6 +47,11 @@ class Api:
 
     def run(self, run_id: str) -> dict:
         return self.http.get(f"/flow_runs/{run_id}").json()
+
+    def task_run_count(self, run_id: str) -> int:
+        """Task runs of one flow run that are not subflow calls: what the UI's run header counts."""
+        body = {"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {"subflow_runs": {"exists_": False}}}
+        return self.http.post("/task_runs/count", json=body).json()
 
 
 def _wait(what, check, timeout, interval=1.0, on_timeout=lambda: ""):
@@ -74,7 +83,47 @@ def _emit(env, event, resource, payload):
     prefect_cli(["event", "emit", event, "--resource", json.dumps(resource), "--payload", json.dumps(payload)], env)
 
 
+def _chromium_or_reason() -> str | None:
+    """None when the UI check can run; else why not. In CI (env CI set) a missing browser is a failure,
+    said before the server is started, so the browser check can never be skipped there unnoticed."""
+    if find_chromium() is not None:
+        return None
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: no chromium on PATH for the Prefect UI check; {INSTALL_HINT}", pytrace=False)
+    return f"Prefect UI check not run (the rest of this test passed): no chromium on PATH; {INSTALL_HINT}"
+
+
+def _check_ui_shows_run(env, api, run_id, flow_name, png: Path) -> str:
+    """Headless chromium on the UI's page of a completed flow run (served by the same server): the
+    rendered page shows the run's name, its Completed state, its task-run count and its flow, and a
+    screenshot of that same page load is a real image of the window, with the Completed badge's green."""
+    run = api.run(run_id)
+    assert run["state"]["name"] == "Completed"
+    n_tasks = api.task_run_count(run_id)
+    assert n_tasks > 0
+    ui = env["PREFECT_API_URL"].removesuffix("/api")
+    text = page_text(dump_dom(flow_run_url(ui, run_id), screenshot_to=png))
+    # the run header, in page order: "<name> <tags> +0 Completed <start> <duration> <n> Task runs Flow build-data"
+    header = (rf"{re.escape(run['name'])} (?P<tags>.{{0,200}}?)Completed .{{0,80}}? {n_tasks} Task runs? "
+              rf"Flow {re.escape(flow_name)}\b")
+    shown = re.search(header, text)
+    assert shown, f"flow run page does not show {header!r}; page text:\n{text[:3000]}"
+    assert {t for t in shown["tags"].split() if not re.fullmatch(r"\+\d+", t)} == set(run["tags"])
+
+    with Image.open(png) as img:
+        assert (img.format, img.size) == ("PNG", (1600, 1000))  # ui_check.DEFAULT_SIZE
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    assert rgb.reshape(-1, 3).std(axis=0).min() > 5, "screenshot is (nearly) one flat colour"
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 100
+    # the Completed state badge in the header (Prefect 3.8's green, ~(33,157,75)); a page that did not
+    # render the run (loading, 404, another state) has none of it up there
+    r, g, b = rgb[:100, :800, 0], rgb[:100, :800, 1], rgb[:100, :800, 2]
+    assert ((g > r + 60) & (g > b + 40)).sum() > 500
+    return text
+
+
 def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
+    no_ui_check = _chromium_or_reason()
     home = tmp_path / "prefect-home"
     worker_log = tmp_path / "worker.log"
     started = time.monotonic()
@@ -155,6 +204,13 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
             landed_manifest = json.loads((landed / "data" / "manifest.json").read_text())
             assert landed_manifest["inputs"] == 3
 
+        phase("worker stopped")
+        # the UI (the same server) in a real browser, on the manual build-data run's page
+        if no_ui_check is None:
+            text = _check_ui_shows_run(env, api, manual_id, "build-data", tmp_path / "flow-run.png")
+            assert f"Flow build-data Deployment mumu Work Pool {POOL} Work Queue default" in text
+            phase("UI checked in headless chromium")
+
         # 3. a stage's completion (top-level deployment run: "mumu.chain" true) starts the next stage,
         #    its parameters rendered from the event payload
         run_root = tmp_path / "chain"
@@ -188,3 +244,5 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
         assert [r for r in api.runs_of(deployments["evaluate/mumu"]["id"])
                 if r["parameters"]["checkpoint"] == f"{run_root}/tune"] == []
         phase("event chain checked")
+    if no_ui_check:
+        pytest.skip(no_ui_check)
