@@ -29,6 +29,11 @@ class Api:
     def run(self, run_id: str) -> dict:
         return self.http.get(f"/flow_runs/{run_id}").json()
 
+    def task_run_count(self, run_id: str) -> int:
+        """Task runs of one flow run that are not subflow calls: what the UI's run header counts."""
+        body = {"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {"subflow_runs": {"exists_": False}}}
+        return self.http.post("/task_runs/count", json=body).json()
+
     def states(self, run_id: str) -> list[dict]:
         """The run's state history, oldest first."""
         return self.http.get("/flow_run_states/", params={"flow_run_id": run_id}).json()

@@ -15,14 +15,20 @@ import shutil
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from deployments.local_server import local_server, prefect_cli, worker
-from deployments.ui_check import INSTALL_HINT, dump_dom, find_chromium, flow_run_url, page_text
+from deployments.ui_check import (
+    INSTALL_HINT,
+    dump_dom,
+    find_chromium,
+    flow_run_url,
+    page_text,
+)
 from mumu import SAMPLES_DIR
+from tests.server_api import Api, tail, wait_completed, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,52 +37,6 @@ POOL = "mumu-process"
 EXPECTED = {"build-data/mumu", "pretrain/mumu", "tune/mumu", "evaluate/mumu", "pipeline/nightly",
             "watch-inputs/inbox"}
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-class Api:
-    def __init__(self, env):
-        self.http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
-
-    def deployments(self) -> dict[str, dict]:
-        flows = {f["id"]: f["name"] for f in self.http.post("/flows/filter", json={}).json()}
-        return {f"{flows[d['flow_id']]}/{d['name']}": d for d in self.http.post("/deployments/filter", json={}).json()}
-
-    def runs_of(self, deployment_id: str) -> list[dict]:
-        body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
-        return self.http.post("/flow_runs/filter", json=body).json()
-
-    def run(self, run_id: str) -> dict:
-        return self.http.get(f"/flow_runs/{run_id}").json()
-
-    def task_run_count(self, run_id: str) -> int:
-        """Task runs of one flow run that are not subflow calls: what the UI's run header counts."""
-        body = {"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {"subflow_runs": {"exists_": False}}}
-        return self.http.post("/task_runs/count", json=body).json()
-
-
-def _wait(what, check, timeout, interval=1.0, on_timeout=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{on_timeout()}")
-        time.sleep(interval)
-
-
-def _wait_completed(api, run_id, timeout, log):
-    def done():
-        state = api.run(run_id)["state"]["type"]
-        if state in ("FAILED", "CRASHED", "CANCELLED"):
-            pytest.fail(f"flow run {run_id} ended {state}\n{log()}")
-        return state == "COMPLETED"
-
-    _wait(f"flow run {run_id} to complete", done, timeout, on_timeout=log)
-
-
-def _tail(path: Path, n=60) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
 
 
 def _emit(env, event, resource, payload):
@@ -158,7 +118,7 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
         # second (default 10 s) to keep this test short.
         fast = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
         with worker(POOL, fast, cwd=tmp_path, queues=["default"], log_path=worker_log):
-            log = lambda: "worker log:\n" + _tail(worker_log)  # noqa: E731
+            log = lambda: "worker log:\n" + tail(worker_log)  # noqa: E731
 
             # 1. a manual deployment run, parameters from the command line; and at the same time
             # 2. files land → the watcher deployment emits mumu.data.landed → a build-data run on them
@@ -172,11 +132,11 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
                 shutil.copy(p, inbox / p.name)
             ran = prefect_cli(["deployment", "run", "watch-inputs/inbox", "--param", f"input_dir={inbox}",
                                "--param", f"out={landed}", "--param", "settle_seconds=0"], env)
-            _wait_completed(api, UUID.search(ran.stdout).group(0), 180, log)
+            wait_completed(api, UUID.search(ran.stdout).group(0), 180, log)
             phase("watcher run completed")
 
             build_id = deployments["build-data/mumu"]["id"]
-            triggered = _wait(
+            triggered = wait_for(
                 "the build-data run triggered by mumu.data.landed",
                 lambda: [r for r in api.runs_of(build_id) if r["parameters"].get("input_path") == str(inbox)],
                 90, on_timeout=log,
@@ -184,7 +144,7 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
             assert len(triggered) == 1
             assert triggered[0]["parameters"]["out"] == f"{landed}/data"
 
-            _wait_completed(api, manual_id, 240, log)
+            wait_completed(api, manual_id, 240, log)
             phase("manual build-data run completed")
             manifest = json.loads((out / "manifest.json").read_text())
             n_inputs = len(list(SAMPLES_DIR.glob("*.png")))
@@ -194,12 +154,12 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
                 assert (out / shard["name"]).stat().st_size > 0
             # the finished top-level build-data run announced itself: its pretrain run was created (on the
             # gpu queue, which this worker does not serve)
-            chained = _wait("the pretrain run triggered by the real build-data completion",
+            chained = wait_for("the pretrain run triggered by the real build-data completion",
                             lambda: [r for r in api.runs_of(deployments["pretrain/mumu"]["id"])
                                      if r["parameters"]["data"] == str(out)], 90, on_timeout=log)
             assert chained[0]["parameters"]["out"] == f"{tmp_path}/pretrain"
 
-            _wait_completed(api, triggered[0]["id"], 240, log)
+            wait_completed(api, triggered[0]["id"], 240, log)
             phase("triggered build-data run completed")
             landed_manifest = json.loads((landed / "data" / "manifest.json").read_text())
             assert landed_manifest["inputs"] == 3
@@ -218,9 +178,9 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
               {"prefect.resource.id": "mumu.stage.pretrain", "mumu.stage": "pretrain", "mumu.chain": "true"},
               {"out": f"{run_root}/pretrain", "data": f"{run_root}/data"})
         tune_id = deployments["tune/mumu"]["id"]
-        server_log = lambda: "server log:\n" + _tail(home / "server.log")  # noqa: E731
+        server_log = lambda: "server log:\n" + tail(home / "server.log")  # noqa: E731
         # (the build-data run above now chains for real: only the runs of this chain's folders count here)
-        tune_runs = _wait("the tune run triggered by pretrain's completion",
+        tune_runs = wait_for("the tune run triggered by pretrain's completion",
                           lambda: [r for r in api.runs_of(tune_id) if r["parameters"]["out"] == f"{run_root}/tune"],
                           90, on_timeout=server_log)
         assert len(tune_runs) == 1
@@ -234,7 +194,7 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
               {"prefect.resource.id": "mumu.stage.build-data", "mumu.stage": "build-data", "mumu.chain": "true"},
               {"out": f"{run_root}/data"})
         pretrain_id = deployments["pretrain/mumu"]["id"]
-        pretrain_runs = _wait("the pretrain run triggered by build-data's completion",
+        pretrain_runs = wait_for("the pretrain run triggered by build-data's completion",
                               lambda: [r for r in api.runs_of(pretrain_id)
                                        if r["parameters"]["data"] == f"{run_root}/data"], 90,
                               on_timeout=server_log)
