@@ -1,4 +1,6 @@
-"""What every task module shares: task options, the retry rule, and the per-process model cache.
+"""What every task module shares: task options, the retry rule, the per-process model cache, and one
+workaround for Prefect's per-subflow cost (`_subflows_skip_heartbeat_join`, applied on import: every flow
+module imports this one).
 
 Each worker process loads a model once and reuses it. With the thread runner all tasks share one
 replica; with the Dask runner each worker process holds its own, which is what "one model replica per
@@ -7,7 +9,9 @@ GPU" means once workers are pinned to devices.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import os
 import threading
 from typing import Any, Callable
@@ -88,3 +92,40 @@ class Lazy:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
+
+
+def _subflows_skip_heartbeat_join() -> None:
+    """Stop every subflow's end from waiting up to 1 s for its heartbeat thread (Prefect 3.8).
+
+    Each flow run starts a heartbeat thread that sleeps in 1 s steps, and the end of every sync flow run
+    joins it, so each run returns 0-1 s late only for that thread to notice its stop flag. The tiny
+    pipeline has 8 flow runs (the 4 stages, build-shards, 2 generate-benchmark, itself): ~4 s of a 17 s
+    run. Heartbeats stay exactly as they are (same thread, same events, stop flag set at the same point);
+    a subflow's end just no longer waits for the daemon thread, which exits by itself within 1 s, as
+    Prefect's own async engine already does (join_on_exit=False). Top-level runs still join, so a
+    process that exits right after its flow never cuts the thread short. Applied only where Prefect's
+    `_send_heartbeats(engine, join_on_exit=...)` is what this was written against.
+    """
+    try:
+        from prefect import flow_engine
+
+        original = flow_engine._send_heartbeats
+        if getattr(original, "_mumu_subflows_skip_join", False):
+            return
+        if list(inspect.signature(original).parameters) != ["engine", "join_on_exit"]:
+            return
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return
+
+    @contextlib.contextmanager
+    def send_heartbeats(engine: Any, join_on_exit: bool = True):
+        run = getattr(engine, "flow_run", None)
+        subflow = run is not None and run.parent_task_run_id is not None
+        with original(engine, join_on_exit=join_on_exit and not subflow):
+            yield
+
+    send_heartbeats._mumu_subflows_skip_join = True  # type: ignore[attr-defined]
+    flow_engine._send_heartbeats = send_heartbeats
+
+
+_subflows_skip_heartbeat_join()
