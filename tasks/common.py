@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import os
+import re
 import threading
+import zlib
 from typing import Any, Callable
 
 import torch
@@ -39,21 +40,29 @@ _lock = threading.Lock()
 _cache: dict[tuple[str, str], Any] = {}
 
 
+def _dask_worker_number() -> int | None:
+    """This Dask worker's number, None outside Dask: its name (LocalCluster names workers 0, 1, …), the
+    name's trailing digits (`dask worker --nworkers N --name host` → host-0, host-1, …), or else a
+    checksum of the name (stable across processes, unlike `hash`)."""
+    try:
+        from distributed import get_worker
+
+        name = str(get_worker().name)
+    except (ImportError, ValueError):
+        return None
+    digits = re.search(r"(\d+)$", name)
+    return int(digits.group(1)) if digits else zlib.crc32(name.encode())
+
+
 def worker_device(runtime: RuntimeConfig) -> torch.device:
-    """The device this worker uses: on a multi-GPU machine, Dask workers are spread over the GPUs.
-    Also applies `runtime.torch_threads` to this worker process."""
+    """The device this worker uses: on a multi-GPU machine, Dask workers are spread over the GPUs by
+    their number (one model replica per GPU). Also applies `runtime.torch_threads` to this process."""
     if runtime.torch_threads:
         torch.set_num_threads(runtime.torch_threads)
     device = resolve_device(runtime)
     if device.type == "cuda" and torch.cuda.device_count() > 1:
-        try:
-            from distributed import get_worker
-
-            name = str(get_worker().name)
-            index = int(name) if name.isdigit() else abs(hash(name))
-        except (ImportError, ValueError):
-            index = os.getpid()
-        device = torch.device("cuda", index % torch.cuda.device_count())
+        number = _dask_worker_number()
+        device = torch.device("cuda", (number or 0) % torch.cuda.device_count())
     return device
 
 

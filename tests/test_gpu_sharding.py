@@ -1,0 +1,76 @@
+"""One model replica per GPU: which device a data-stage worker takes on a multi-GPU machine.
+
+No GPU here, so torch's CUDA queries and Dask's worker name are stood in for; what is tested is the
+choice, and that each worker's models are built on (and cached for) its own device.
+"""
+
+import pytest
+import torch
+
+from mumu.config import load_profile
+from tasks import common
+
+
+class _Worker:
+    def __init__(self, name):
+        self.name = name
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """A machine with `n` GPUs, and a Dask worker called `name` (None: not in a Dask worker)."""
+    import distributed
+
+    def machine(n: int, name):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+        def get_worker():
+            if name is None:
+                raise ValueError("No worker found")  # what distributed raises outside a worker
+            return _Worker(name)
+
+        monkeypatch.setattr(distributed, "get_worker", get_worker)
+
+    return machine
+
+
+RUNTIME = load_profile("tiny", {"runtime.device": "auto", "runtime.torch_threads": 0}).runtime
+
+
+@pytest.mark.parametrize("name, expected", [
+    (0, 0), (1, 1), (2, 2), (3, 3), (4, 0), (5, 1),          # LocalCluster workers are named 0, 1, 2, ...
+    ("node7-0", 0), ("node7-3", 3), ("node7-6", 2),          # `dask worker --nworkers N --name node7`
+])
+def test_dask_workers_are_spread_over_the_gpus_by_their_number(gpus, name, expected):
+    gpus(4, name)
+    assert common.worker_device(RUNTIME) == torch.device("cuda", expected)
+
+
+def test_a_worker_name_without_a_number_still_gets_a_stable_gpu(gpus):
+    gpus(4, "tcp://10.0.0.7:40123")
+    first = common.worker_device(RUNTIME)
+    assert first.type == "cuda" and 0 <= first.index < 4
+    assert all(common.worker_device(RUNTIME) == first for _ in range(3))  # the same every time (no hash seed)
+
+
+def test_one_gpu_no_gpu_and_outside_dask(gpus):
+    gpus(1, 3)
+    assert common.worker_device(RUNTIME) == torch.device("cuda")  # nothing to spread
+    gpus(0, 3)
+    assert common.worker_device(RUNTIME) == torch.device("cpu")
+    gpus(2, None)  # thread runner: one replica, the first GPU
+    assert common.worker_device(RUNTIME) == torch.device("cuda", 0)
+
+
+def test_each_device_gets_its_own_cached_replica():
+    built = []
+
+    def build(device):
+        built.append(device)
+        return object()
+
+    a0 = common.cached_model("probe", "cfg-x", torch.device("cuda", 0), lambda: build("cuda:0"))
+    a1 = common.cached_model("probe", "cfg-x", torch.device("cuda", 1), lambda: build("cuda:1"))
+    again = common.cached_model("probe", "cfg-x", torch.device("cuda", 0), lambda: build("cuda:0"))
+    assert a0 is again and a0 is not a1 and built == ["cuda:0", "cuda:1"]
