@@ -40,10 +40,14 @@ class RuntimeConfig(StrictModel):
             raise ValueError(f"train_machine_rank must be in [0, {self.train_machines}) for "
                              f"train_machines={self.train_machines}")
         if self.train_machines > 1:
-            host, _, port = (self.train_main_address or "").rpartition(":")
+            host, port = self._main_host_port()
             if not host or not port.isdigit():
                 raise ValueError("train_machines > 1 needs train_main_address = \"host:port\" of the rank-0 machine")
         return self
+
+    def _main_host_port(self) -> tuple[str, str]:
+        host, _, port = (self.train_main_address or "").rpartition(":")
+        return host, port
 
     @property
     def train_world_size(self) -> int:
@@ -59,6 +63,6 @@ class RuntimeConfig(StrictModel):
         """`accelerate launch` options that place this machine in a multi-node job (none on one machine)."""
         if self.train_machines == 1:
             return []
-        host, _, port = self.train_main_address.rpartition(":")
+        host, port = self._main_host_port()
         return ["--num_machines", str(self.train_machines), "--machine_rank", str(self.train_machine_rank),
                 "--main_process_ip", host, "--main_process_port", port]
