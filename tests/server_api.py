@@ -1,4 +1,9 @@
-"""What the tests against a real Prefect server share: a small REST client and polling with a clear failure."""
+"""What the tests against a real Prefect server share: a small REST client and polling with a clear failure.
+
+A local server on SQLite can stall for tens of seconds while it waits on its database lock (a known limit of
+Prefect on SQLite; its busy timeout is 60 s), more so on a loaded 2-core CI machine. A poll that gets no answer
+is therefore "not yet", not a failure: only the poll's own deadline fails a test, with the stalls it saw.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ class Api:
     """The few REST calls the server tests make (the server's API at PREFECT_API_URL)."""
 
     def __init__(self, env: dict[str, str]):
-        self.http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
+        # 65 s: longer than the server's SQLite busy timeout, so a request waiting on the lock is answered.
+        self.http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=65)
 
     def deployments(self) -> dict[str, dict]:
         """"flow/deployment" → deployment."""
@@ -40,14 +46,29 @@ class Api:
 
 
 def wait_for(what: str, check, timeout: float, interval: float = 1.0, on_timeout=lambda: ""):
-    """Poll `check()` until it returns something truthy (→ returned); fail the test after `timeout` s."""
+    """Poll `check()` until it returns something truthy (→ returned); fail the test after `timeout` s.
+
+    A poll the server does not answer (timeout, dropped connection) counts as "not yet"; the failure
+    message lists such unanswered polls and any poll that took over 5 s."""
     deadline = time.monotonic() + timeout
+    stalls: list[str] = []
     while True:
-        got = check()
+        asked = time.monotonic()
+        try:
+            got = check()
+        except httpx.TransportError as e:
+            got = None
+            stalls.append(f"no answer after {time.monotonic() - asked:.0f} s ({type(e).__name__})")
+        else:
+            if time.monotonic() - asked > 5:
+                stalls.append(f"answered after {time.monotonic() - asked:.0f} s")
         if got:
+            if stalls:  # shown with the test's output when a later step fails
+                print(f"while waiting for {what}, server stalls: {'; '.join(stalls)}", flush=True)
             return got
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{on_timeout()}")
+            seen = f"server stalls seen: {'; '.join(stalls)}\n" if stalls else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{seen}{on_timeout()}")
         time.sleep(interval)
 
 

@@ -118,7 +118,7 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
         # second (default 10 s) to keep this test short.
         fast = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
         with worker(POOL, fast, cwd=tmp_path, queues=["default"], log_path=worker_log):
-            log = lambda: "worker log:\n" + tail(worker_log)  # noqa: E731
+            log = lambda: f"worker log:\n{tail(worker_log)}\nserver log:\n{tail(home / 'server.log', 30)}"  # noqa: E731
 
             # 1. a manual deployment run, parameters from the command line; and at the same time
             # 2. files land → the watcher deployment emits mumu.data.landed → a build-data run on them
