@@ -66,14 +66,19 @@ def worker_device(runtime: RuntimeConfig) -> torch.device:
     return device
 
 
-def cached_model(kind: str, cfg: Any, device: torch.device, build: Callable[[], Any]) -> Any:
+def cached_model(kind: str, cfg: Any, device: torch.device, build: Callable[[], Any], latest_only: bool = False) -> Any:
     """Load `build()` once per (kind, config, device) in this process; threads wait for the first load.
 
-    `cfg` identifies the model: a config section (pydantic) or any string (e.g. a checkpoint path)."""
+    `cfg` identifies the model: a config section (pydantic) or any string (e.g. a checkpoint path).
+    latest_only: loading a new model of this kind drops the others of its kind from the cache (a long-lived
+    worker evaluating one checkpoint after another would otherwise keep every one of them in memory)."""
     ident = cfg.model_dump_json() if hasattr(cfg, "model_dump_json") else str(cfg)
     key = (kind, f"{ident}@{device}")
     with _lock:
         if key not in _cache:
+            if latest_only:
+                for old in [k for k in _cache if k[0] == kind]:
+                    del _cache[old]
             _cache[key] = build()
         return _cache[key]
 

@@ -23,7 +23,7 @@ def generate_chunk(items: list[BenchItem], chunk_index: int, checkpoint: str, ou
 
     device = worker_device(runtime)
     sampler = cached_model("sampler", f"{checkpoint}|{cfg.sampler.model_dump_json()}", device,
-                           lambda: MumuSampler.from_checkpoint(checkpoint, cfg.sampler, device))
+                           lambda: MumuSampler.from_checkpoint(checkpoint, cfg.sampler, device), latest_only=True)
     # One batched denoising loop per chunk (about 2x faster than per item on CPU; same seeds per item).
     return runner.generate_chunk(items, sampler.generate, out_dir, chunk_index, cfg,
                                  generate_batch_fn=sampler.generate_batch)

