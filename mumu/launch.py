@@ -92,7 +92,9 @@ def run_launcher(
     """Run `argv`, call `on_line` with each output line (no newline) as it comes; raise on failure.
 
     `env` is added to this process's environment (None: inherited as is). PYTHONUNBUFFERED is set so
-    Python children print lines when they happen rather than in 8 KiB blocks.
+    Python children print lines when they happen rather than in 8 KiB blocks. All ranks share one pipe:
+    a line written in one write (as `logging` does) arrives whole, while `print(a, b)` is one write per
+    piece and can be split by another rank's output.
     """
     if not argv:
         raise ValueError("run_launcher: empty argv")

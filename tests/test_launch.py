@@ -172,8 +172,10 @@ def _free_port() -> int:
 
 
 def test_accelerate_launch_runs_two_worker_processes_and_streams_both(tmp_path):
+    # One write per line: both ranks share the launcher's pipe, unbuffered, and print('rank', r, ...) is four
+    # writes that the other rank's line can land between ("rank 0 rankof 2" was seen in CI).
     (tmp_path / "rank_report.py").write_text(
-        "import os\nprint('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], flush=True)\n"
+        "import os, sys\nsys.stdout.write(f\"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}\\n\")\n"
     )
     argv = accelerate_argv(
         "rank_report", num_processes=2,

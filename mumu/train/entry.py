@@ -25,6 +25,12 @@ def result_summary(result) -> dict:
             "seconds": round(result.seconds, 2)}
 
 
+def _say(line: str) -> None:
+    """One write per line: the ranks share the launcher's unbuffered pipe (see mumu.launch.run_launcher)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mumu.train.entry")
     p.add_argument("stage", choices=["pretrain", "tune"])
@@ -44,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_profile(args.profile, json.loads(args.overrides))
         result = train(args.stage, cfg, shard_urls(args.data), args.out, init=args.init, resume=args.resume,
                        max_steps=args.max_steps,
-                       on_log=lambda step, m: print(f"{args.stage} step {step}: loss {m['loss']:.4f}", flush=True))
+                       on_log=lambda step, m: _say(f"{args.stage} step {step}: loss {m['loss']:.4f}"))
         if PartialState().is_main_process:
             write_json_atomic(Path(args.out) / "result.json", result_summary(result))
     except UserError as exc:
