@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from deployments.local_server import local_server, prefect_cli, worker
 from mumu import SAMPLES_DIR
@@ -50,7 +51,8 @@ def chain(work: Path, images: int = 4, timeout: float = 1500, database_url: str 
         shutil.copy(p, inbox / p.name)
     database = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}
     with local_server(work / "prefect-home", extra_env=database) as env:
-        say(f"server at {env['PREFECT_API_URL'].removesuffix('/api')}, database: {database_url or 'SQLite'}")
+        shown_db = make_url(database_url).render_as_string(hide_password=True) if database_url else "SQLite"
+        say(f"server at {env['PREFECT_API_URL'].removesuffix('/api')}, database: {shown_db}")
         prefect_cli(["work-pool", "create", POOL, "--type", "process"], env)
         prefect_cli(["work-queue", "create", "gpu", "--pool", POOL, "--limit", "1"], env)
         prefect_cli(["--no-prompt", "deploy", "--all"], env, cwd=REPO, timeout=600)
