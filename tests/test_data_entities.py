@@ -68,7 +68,8 @@ def _annotations():
 def test_entities_of_the_bundled_captions_are_the_emoji_names():
     rows = _annotations()
     captions = {json.loads(ln)["image"] for ln in (SCENES / "captions.jsonl").read_text().splitlines()}
-    assert len(rows) == 24 and len(captions) == 21  # three are left for the VLM captioner
+    # three are raw inputs: left for the VLM captioner, the detector and the segmenter
+    assert len(rows) == 21 and {r["image"] for r in rows} == captions
     for row in rows:
         assert phrases(row["caption"]) == [o["name"] for o in row["objects"]], row["caption"]
 
@@ -89,12 +90,20 @@ def test_bundled_samples_match_their_ground_truth_and_regenerate(tmp_path):
 
 
 def test_bundled_samples_run_through_the_pipeline_with_ground_truth(tmp_path):
+    """The 21 annotated scenes take their given boxes and masks; the 3 raw ones go to the (oracle) models."""
     gt, vlm = GroundTruth(), {}
-    for row in _annotations():
-        im = Image.open(SCENES / row["image"]).convert("RGB")
-        objs = row["objects"]
-        gt.add(im, [o["name"] for o in objs], [tuple(o["box"]) for o in objs], [rle_to_mask(o["mask"]) for o in objs])
-        vlm[image_id(im)] = row["caption"]
+    rows = _annotations()
+    for i in range(len(rows), 24):  # the raw scenes: re-rendered for their ground truth
+        scene = render_scene(SAMPLES / "emoji", i)
+        assert np.array_equal(np.asarray(Image.open(SCENES / f"scene_{i:03d}.png").convert("RGB")), np.asarray(scene.image))
+        rows.append({"caption": scene.caption, "objects": [{"name": o.name, "box": list(o.box), "mask": mask_to_rle(m)}
+                                                           for o, m in zip(scene.objects, scene.masks)]})
+        gt.add_scene(scene)
+        vlm[image_id(scene.image)] = scene.caption
+
+    class Captioner:
+        def caption(self, images):
+            return [vlm[image_id(im)] for im in images]
 
     class Captioner:
         def caption(self, images):
@@ -103,6 +112,9 @@ def test_bundled_samples_run_through_the_pipeline_with_ground_truth(tmp_path):
     cfg = load_profile("tiny").data
     manifest, _ = stages.run_local(SCENES, tmp_path, cfg, Captioner(), gt, gt, "h")
     assert (manifest.inputs, manifest.written, manifest.quarantined) == (24, 24, 0)
-    assert manifest.counts["captioned_by_vlm"] == 3
-    n_objects = sum(len(r["objects"]) for r in _annotations())
-    assert manifest.counts["entities"] == manifest.counts["boxes"] == manifest.counts["masks"] == n_objects
+    assert manifest.counts["captioned_by_vlm"] == 3 and manifest.counts["annotated"] == 21
+    given = sum(len(r["objects"]) for r in rows[:21])
+    n_objects = sum(len(r["objects"]) for r in rows)
+    assert manifest.counts["boxes_given"] == manifest.counts["masks_given"] == given
+    assert manifest.counts["boxes"] == manifest.counts["masks"] == n_objects - given > 0
+    assert manifest.counts["entities"] == n_objects

@@ -2,7 +2,10 @@
 
 Inputs (one path or a list of paths):
 - a folder of images (searched recursively, hidden entries skipped), with an optional `captions.jsonl`
-  at its root: one `{"image": "<path relative to the folder>", "caption": "..."}` per line;
+  at its root: one `{"image": "<path relative to the folder>", "caption": "..."}` per line, and an optional
+  `annotations.jsonl`: `{"image": ..., "width": W, "height": H, "objects": [{"name", "box", "mask"}]}` per
+  line (mask: mumu.data.scenes RLE). An annotated image takes its boxes and masks from there and skips the
+  detector and segmenter (as a dataset with human labels would); the others go through the models;
 - webdataset `.tar` files (given directly, or found in a folder): image members by extension, the
   caption from the same sample's `.txt` member or the "caption" field of its `.json` member.
   Members are read as bytes only: nothing is extracted to disk and nothing is unpickled.
@@ -20,12 +23,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mumu.config.data import IngestConfig
-from mumu.data.work import InputRef, InputShard
+from mumu.data.work import GivenObject, InputRef, InputShard
 from mumu.errors import UserError
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 CAPTIONS_FILE = "captions.jsonl"
+ANNOTATIONS_FILE = "annotations.jsonl"
 
 
 def _is_tar(p: Path) -> bool:
@@ -70,32 +74,74 @@ def _caption_rows(root: Path, images: dict[str, Path]) -> tuple[dict[str, str], 
     """Parse captions.jsonl → ({relative image path: caption}, [error inputs])."""
     captions: dict[str, str] = {}
     errors: list[InputRef] = []
-    path = root / CAPTIONS_FILE
-    if not path.exists():
-        return captions, errors
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{CAPTIONS_FILE}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append(InputRef(source=where, error=f"malformed JSON ({exc.msg})"))
-            continue
-        if not (isinstance(row, dict) and isinstance(row.get("image"), str) and isinstance(row.get("caption"), str)):
+    for where, rel, row in _jsonl_rows(root, CAPTIONS_FILE, images):
+        if rel is None:
+            errors.append(InputRef(source=where, error=row))
+        elif not isinstance(row.get("caption"), str):
             errors.append(InputRef(source=where, error='expected {"image": str, "caption": str}'))
-            continue
-        rel = Path(row["image"]).as_posix()
-        target = (root / rel).resolve()
-        if not target.is_relative_to(root.resolve()):
-            errors.append(InputRef(source=where, error=f"image {rel!r} is outside the input folder"))
-        elif rel not in images:
-            errors.append(InputRef(source=where, error=f"image {rel!r} not found"))
-        elif rel in captions:
-            errors.append(InputRef(source=where, error=f"duplicate caption for {rel!r}"))
         else:
             captions[rel] = row["caption"]
     return captions, errors
+
+
+def _jsonl_rows(root: Path, name: str, images: dict[str, Path]):
+    """(where, image rel path, row) of each line of root/name that names an image of the folder; bad rows
+    come out as (where, None, error message)."""
+    path = root / name
+    if not path.exists():
+        return
+    seen: set[str] = set()
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield where, None, f"malformed JSON ({exc.msg})"
+            continue
+        if not (isinstance(row, dict) and isinstance(row.get("image"), str)):
+            yield where, None, 'expected an object with "image": str'
+            continue
+        rel = Path(row["image"]).as_posix()
+        if not (root / rel).resolve().is_relative_to(root.resolve()):
+            yield where, None, f"image {rel!r} is outside the input folder"
+        elif rel not in images:
+            yield where, None, f"image {rel!r} not found"
+        elif rel in seen:
+            yield where, None, f"duplicate row for {rel!r}"
+        else:
+            seen.add(rel)
+            yield where, rel, row
+
+
+def _given_objects(row: dict) -> tuple[GivenObject, ...]:
+    """An annotations.jsonl row's objects; ValueError naming what is wrong."""
+    try:
+        size = (int(row["height"]), int(row["width"]))
+        objects = []
+        for obj in row["objects"]:
+            box = tuple(int(v) for v in obj["box"])
+            counts = tuple(int(c) for c in obj["mask"]["counts"])
+            if len(box) != 4 or tuple(obj["mask"]["size"]) != size or sum(counts) != size[0] * size[1]:
+                raise ValueError("box or mask does not match the image size")
+            objects.append(GivenObject(str(obj["name"]), box, counts, size))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"missing or ill-typed field {exc}") from None
+    return tuple(objects)
+
+
+def _annotation_rows(root: Path, images: dict[str, Path]) -> tuple[dict[str, tuple[GivenObject, ...]], list[InputRef]]:
+    given, errors = {}, []
+    for where, rel, row in _jsonl_rows(root, ANNOTATIONS_FILE, images):
+        if rel is None:
+            errors.append(InputRef(source=where, error=row))
+            continue
+        try:
+            given[rel] = _given_objects(row)
+        except ValueError as exc:
+            errors.append(InputRef(source=where, error=f"bad annotation for {rel!r}: {exc}"))
+    return given, errors
 
 
 def _folder_refs(root: Path) -> list[InputRef]:
@@ -110,9 +156,11 @@ def _folder_refs(root: Path) -> list[InputRef]:
         elif p.suffix.lower().lstrip(".") in IMAGE_EXTS:
             images[rel.as_posix()] = p
     captions, refs = _caption_rows(root, images)
+    given, bad_annotations = _annotation_rows(root, images)
+    refs += bad_annotations
     for rel, p in images.items():
         caption = captions.get(rel)
-        refs.append(InputRef(source=rel, path=str(p), caption=(caption or "").strip() or None))
+        refs.append(InputRef(source=rel, path=str(p), caption=(caption or "").strip() or None, given=given.get(rel)))
     for t in tars:
         refs.extend(_tar_refs(t, t.relative_to(root).as_posix()))
     return refs

@@ -160,7 +160,8 @@ def rle_to_mask(rle: dict) -> np.ndarray:
 
 
 def render_set(emoji_dir: str | Path, out: str | Path, n: int, seed: int, size: int, uncaptioned: int) -> None:
-    """Write `n` scenes as scene_XXX.png + captions.jsonl (all but the last `uncaptioned`) + annotations.jsonl."""
+    """Write `n` scenes as scene_XXX.png + captions.jsonl and annotations.jsonl for all but the last
+    `uncaptioned`: those are raw inputs, captioned by the VLM and searched by the detector and segmenter."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     captions, annotations = [], []
@@ -168,8 +169,9 @@ def render_set(emoji_dir: str | Path, out: str | Path, n: int, seed: int, size: 
         scene = render_scene(emoji_dir, seed * 100_003 + i, size=size)
         file = f"scene_{i:03d}.png"
         scene.image.save(out / file, format="PNG", optimize=True)
-        if i < n - uncaptioned:
-            captions.append({"image": file, "caption": scene.caption})
+        if i >= n - uncaptioned:
+            continue
+        captions.append({"image": file, "caption": scene.caption})
         annotations.append(
             {
                 "image": file,
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--uncaptioned", type=int, default=3, help="scenes left out of captions.jsonl")
+    ap.add_argument("--uncaptioned", type=int, default=3, help="scenes left out of captions.jsonl and annotations.jsonl")
     a = ap.parse_args(argv)
     render_set(a.emoji, a.out, a.n, a.seed, a.size, a.uncaptioned)
 

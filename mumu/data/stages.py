@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from data_schemas import Manifest, ShardReport
 from mumu.config import config_hash as hash_config
@@ -31,7 +32,9 @@ from mumu.data.compose import compose_sample, int_box
 from mumu.data.decode import BadInput, decode_image
 from mumu.data.ingest import plan_shards, read_refs
 from mumu.data.shards import shard_done, write_manifest, write_shard
-from mumu.data.work import Composed, Entity, InputShard, Item, ShardWork
+from mumu.data.entities import same_phrase
+from mumu.data.scenes import rle_to_mask
+from mumu.data.work import Composed, Entity, GivenObject, InputShard, Item, ShardWork
 
 __all__ = [
     "InputShard",
@@ -115,9 +118,12 @@ def ingest(shard: InputShard, cfg: IngestConfig) -> ShardWork:
         if error is not None:
             bad.append(work.reject(ref.source, "ingest", error))
             continue
-        items.append(Item(key=ref.key, source=ref.source, image=image, caption=given, caption_source="given"))
+        items.append(Item(key=ref.key, source=ref.source, image=image, caption=given, caption_source="given",
+                          given=ref.given))
     given_n = sum(1 for it in items if it.caption)
-    return work.next(items, bad, {"inputs": len(shard.refs), "decoded": len(items), "captions_given": given_n})
+    annotated = sum(1 for it in items if it.given is not None)
+    return work.next(items, bad, {"inputs": len(shard.refs), "decoded": len(items), "captions_given": given_n,
+                                  "annotated": annotated})
 
 
 def caption(work: ShardWork, captioner) -> ShardWork:
@@ -155,9 +161,45 @@ def find_entities(work: ShardWork, cfg: EntitiesConfig) -> ShardWork:
     return work.next(items, [], dict(c))
 
 
+def _given_match(it: Item, phrase: str) -> GivenObject | None:
+    return next((o for o in it.given if same_phrase(o.name, phrase)), None)
+
+
+def _given_box(obj: GivenObject, image_size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The annotation's box in the decoded image's pixels (ingest may have downscaled the image)."""
+    sx, sy = image_size[0] / obj.size[1], image_size[1] / obj.size[0]
+    x0, y0, x1, y1 = obj.box
+    return int_box((x0 * sx, y0 * sy, x1 * sx, y1 * sy), *image_size)
+
+
+def _given_mask(obj: GivenObject, image_size: tuple[int, int]) -> np.ndarray:
+    mask = rle_to_mask({"size": list(obj.size), "counts": list(obj.mask_counts)})
+    if mask.shape != (image_size[1], image_size[0]):
+        mask = np.asarray(Image.fromarray(mask).resize(image_size, Image.Resampling.NEAREST))
+    return mask
+
+
 def detect(work: ShardWork, detector) -> ShardWork:
-    """Best box per entity phrase, as integer pixel boxes; entities with no detection are dropped."""
-    todo = [i for i, it in enumerate(work.items) if it.entities]
+    """Best box per entity phrase, as integer pixel boxes; entities with no detection are dropped.
+    Annotated items take the box of the given object with the phrase's name (score 1.0) instead; a phrase
+    the annotation does not list is dropped like an undetected one."""
+    c = Counter()
+    items = list(work.items)
+    for i, it in enumerate(items):
+        if it.given is None or not it.entities:
+            continue
+        kept = []
+        for ent in it.entities:
+            obj = _given_match(it, ent.phrase)
+            box = _given_box(obj, it.image.size) if obj is not None else None
+            if box is None:
+                c["entities_unannotated"] += 1
+                continue
+            kept.append(Entity(ent.phrase, ent.span, box, 1.0))
+        c["boxes_given"] += len(kept)
+        items[i] = it.replace(entities=tuple(kept))
+    work = work.next(items, [], dict(c))
+    todo = [i for i, it in enumerate(work.items) if it.entities and it.given is None]
 
     def check(dets, args):
         n = len(args[1])
@@ -186,8 +228,17 @@ def detect(work: ShardWork, detector) -> ShardWork:
 
 
 def segment(work: ShardWork, segmenter) -> ShardWork:
-    """One full-image bool mask per detected entity (stored as [n, H, W] on the item)."""
-    todo = [i for i, it in enumerate(work.items) if it.entities]
+    """One full-image bool mask per detected entity (stored as [n, H, W] on the item); annotated items take
+    the given masks."""
+    items = list(work.items)
+    given = 0
+    for i, it in enumerate(items):
+        if it.given is not None and it.entities:
+            masks = [_given_mask(_given_match(it, e.phrase), it.image.size) for e in it.entities]
+            items[i] = it.replace(masks=np.stack(masks))
+            given += len(masks)
+    work = work.next(items, [], {"masks_given": given})
+    todo = [i for i, it in enumerate(work.items) if it.entities and it.given is None]
 
     def check(masks, args):
         image, boxes = args

@@ -18,6 +18,16 @@ from data_schemas import QuarantineRecord, SampleRecord
 
 
 @dataclass(frozen=True)
+class GivenObject:
+    """A ground-truth object of an input (annotations.jsonl): its name, box and mask at the annotation's size."""
+
+    name: str
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive) at `size`
+    mask_counts: tuple[int, ...]  # row-major run lengths starting with a run of False (mumu.data.scenes RLE)
+    size: tuple[int, int]  # (height, width) the box and mask refer to
+
+
+@dataclass(frozen=True)
 class InputRef:
     """One planned input. `error` set = known bad at planning time (e.g. a captions.jsonl row whose
     file is missing): it still counts as an input of its shard and is quarantined by `ingest`."""
@@ -28,6 +38,7 @@ class InputRef:
     caption: str | None = None  # given caption (captions.jsonl)
     caption_member: str | None = None  # tar member with the caption (.txt, or .json with "caption")
     error: str | None = None
+    given: tuple[GivenObject, ...] | None = None  # annotated objects (annotations.jsonl): skip detect + segment
 
     @property
     def key(self) -> str:
@@ -85,6 +96,7 @@ class Item:
     entities: tuple[Entity, ...] = ()
     masks: np.ndarray | None = None  # bool [n_entities, H, W], set by `segment`
     composed: Composed | None = None
+    given: tuple[GivenObject, ...] | None = None  # ground truth of an annotated input (InputRef.given)
 
     def replace(self, **changes) -> "Item":
         return dataclasses.replace(self, **changes)
