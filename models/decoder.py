@@ -58,7 +58,7 @@ def build_unet(cfg: DecoderConfig):
 
     src = cfg.unet
     if src.is_pretrained:
-        return UNet2DConditionModel.from_pretrained(src.pretrained, dtype=torch_dtype(src.dtype), **pretrained_kwargs(src))
+        return UNet2DConditionModel.from_pretrained(src.location, dtype=torch_dtype(src.dtype), **pretrained_kwargs(src))
     conf = {**TINY_UNET, **(src.config or {})}
     return _cast(build_seeded(lambda: UNet2DConditionModel(**conf), src.seed), src.dtype)
 
@@ -68,7 +68,7 @@ def build_vae(cfg: DecoderConfig):
 
     src = cfg.vae
     if src.is_pretrained:
-        return AutoencoderKL.from_pretrained(src.pretrained, dtype=torch_dtype(src.dtype), **pretrained_kwargs(src))
+        return AutoencoderKL.from_pretrained(src.location, dtype=torch_dtype(src.dtype), **pretrained_kwargs(src))
     conf = {**TINY_VAE, **(src.config or {})}
     return _cast(build_seeded(lambda: AutoencoderKL(**conf), src.seed), src.dtype)
 
@@ -82,6 +82,7 @@ def build_scheduler(cfg: DecoderConfig):
         beta_start=cfg.beta_start,
         beta_end=cfg.beta_end,
         prediction_type=cfg.prediction_type,
+        rescale_betas_zero_snr=cfg.rescale_betas_zero_snr,
     )
 
 

@@ -74,9 +74,9 @@ def build_grounding_dino(source: ModelSource):
 
     if source.is_pretrained:
         kwargs = pretrained_kwargs(source)
-        processor = GroundingDinoProcessor.from_pretrained(source.pretrained, **kwargs)
+        processor = GroundingDinoProcessor.from_pretrained(source.location, **kwargs)
         model = GroundingDinoForObjectDetection.from_pretrained(
-            source.pretrained, dtype=torch_dtype(source.dtype), **kwargs
+            source.location, dtype=torch_dtype(source.dtype), **kwargs
         )
         return model.eval(), processor
     cfg = merge_config(TINY_GROUNDING_DINO, source.config or {})

@@ -8,7 +8,8 @@ positions belong to which image is read back from the runs of `<image>` ids.
 MUMU's `bypass_resampler`: the perceiver resampler (64 learned latents that mix all patches) is skipped.
 Each image keeps `image_tokens` = n*n tokens: SigLIP patch features -> Idefics2's modality projection
 (per patch, to the LM width) -> adaptive average pooling of the image's *valid* patch grid (padding
-patches excluded) to an n x n grid, read row-major. So every token is a spatial region of the crop.
+patches excluded) to an n x n grid, read row-major -> the perceiver's final RMSNorm (`image_feature_norm`),
+so the LM reads image tokens at the scale it was trained on. So every token is a spatial region of the crop.
 """
 
 from __future__ import annotations
@@ -209,7 +210,10 @@ class PromptEncoder(nn.Module):
             rows, cols = int(patch_mask[i, :, 0].sum()), int(patch_mask[i, 0, :].sum())  # padding is bottom/right
             g = proj[i].view(hp, wp, -1)[:rows, :cols].permute(2, 0, 1)
             out.append(F.adaptive_avg_pool2d(g, n_side).flatten(1).transpose(0, 1))
-        return torch.stack(out)
+        pooled = torch.stack(out)
+        if self.cfg.image_feature_norm == "resampler":  # the bypassed perceiver's output norm (see EncoderConfig)
+            pooled = self.model.connector.perceiver_resampler.norm(pooled)
+        return pooled
 
     def forward(self, tokens: PromptTokens) -> torch.Tensor:
         ids, mask = tokens.input_ids, tokens.attention_mask

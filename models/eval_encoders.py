@@ -73,8 +73,8 @@ class DinoEncoder:
 
         if source.is_pretrained:
             kwargs = pretrained_kwargs(source)
-            processor = ViTImageProcessorPil.from_pretrained(source.pretrained, **kwargs)
-            model = ViTModel.from_pretrained(source.pretrained, add_pooling_layer=False,
+            processor = ViTImageProcessorPil.from_pretrained(source.location, **kwargs)
+            model = ViTModel.from_pretrained(source.location, add_pooling_layer=False,
                                              dtype=torch_dtype(source.dtype), **kwargs)
             return cls(model, processor, device)
         cfg = merge_config(TINY_DINO, source.config or {})
@@ -114,9 +114,9 @@ class ClipEncoder:
 
         if source.is_pretrained:
             kwargs = pretrained_kwargs(source)
-            processor = CLIPImageProcessorPil.from_pretrained(source.pretrained, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source.pretrained, **kwargs)
-            model = CLIPModel.from_pretrained(source.pretrained, dtype=torch_dtype(source.dtype), **kwargs)
+            processor = CLIPImageProcessorPil.from_pretrained(source.location, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+            model = CLIPModel.from_pretrained(source.location, dtype=torch_dtype(source.dtype), **kwargs)
             return cls(model, processor, tokenizer, device)
         cfg = merge_config(TINY_CLIP, source.config or {})
         tokenizer = build_clip_word_tokenizer(cfg["text"]["max_position_embeddings"])

@@ -115,8 +115,8 @@ def build_idefics2(source: ModelSource, model_cls=None):
     model_cls = model_cls or Idefics2ForConditionalGeneration
     if source.is_pretrained:
         kwargs = pretrained_kwargs(source)
-        processor = Idefics2Processor.from_pretrained(source.pretrained, **kwargs)
-        model = model_cls.from_pretrained(source.pretrained, dtype=torch_dtype(source.dtype), **kwargs)
+        processor = Idefics2Processor.from_pretrained(source.location, **kwargs)
+        model = model_cls.from_pretrained(source.location, dtype=torch_dtype(source.dtype), **kwargs)
         return model, processor
     cfg = merge_config(TINY_IDEFICS2, source.config or {})
     processor = build_tiny_idefics2_processor(cfg)

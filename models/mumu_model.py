@@ -178,9 +178,9 @@ class MumuModel(nn.Module):
 
     # --- training ----------------------------------------------------------------------------------------
     def training_loss(self, batch: Batch, generator: torch.Generator, attn_loss: AttnLossConfig,
-                      cfg_dropout: float = 0.0) -> dict[str, torch.Tensor]:
-        """Diffusion MSE (+ weight x attention-mask loss). Draws, in order, from `generator` (CPU):
-        CFG dropout, VAE posterior sample, timesteps, noise."""
+                      cfg_dropout: float = 0.0, snr_gamma: float | None = None) -> dict[str, torch.Tensor]:
+        """Diffusion MSE, min-SNR-gamma weighted when `snr_gamma` is set (+ weight x attention-mask loss).
+        Draws, in order, from `generator` (CPU): CFG dropout, VAE posterior sample, timesteps, noise."""
         bsz = batch.pixels.shape[0]
         drop = torch.rand(bsz, generator=generator) < cfg_dropout
         cond = self.drop_condition(self.encode_tokens(batch.tokens), drop)
@@ -208,17 +208,32 @@ class MumuModel(nn.Module):
         if want_attn and not store.maps:
             raise UserError(f"attn_loss.layers {list(attn_loss.layers)} matches no cross-attention layer: this UNet's "
                             f"attention resolutions are {sorted(store.resolutions)}")
-        diffusion = F.mse_loss(pred.float(), target.float())
+        diffusion = self._diffusion_loss(pred.float(), target.float(), t, snr_gamma)
         attn = attention_mask_loss(store.maps, store.latent_hw, batch.entity_masks, cond.entity_valid) if want_attn \
             else diffusion.new_zeros(())
         store.maps = []  # entity_token_mask stays: a checkpointed backward recomputes with it
         return {"loss": diffusion + attn_loss.weight * attn, "diffusion": diffusion.detach(), "attn": attn.detach()}
 
+    def _diffusion_loss(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+                        snr_gamma: float | None) -> torch.Tensor:
+        if snr_gamma is None:
+            return F.mse_loss(pred, target)
+        from diffusers.training_utils import compute_snr
+
+        # Min-SNR-gamma, as diffusers' training scripts: weight min(SNR, gamma) / SNR for epsilon targets and
+        # min(SNR, gamma) / (SNR + 1) for v targets (v's MSE already carries a factor SNR + 1 over x0's).
+        snr = compute_snr(self.decoder.scheduler, t)
+        capped = snr.clamp(max=snr_gamma)
+        weight = capped / (snr + 1) if self.decoder.scheduler.config.prediction_type == "v_prediction" \
+            else capped / snr.clamp(min=1e-8)
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=tuple(range(1, pred.dim())))
+        return (per_sample * weight.to(per_sample)).mean()
+
     def forward(self, batch: Batch, generator: torch.Generator, attn_loss: AttnLossConfig,
-                cfg_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+                cfg_dropout: float = 0.0, snr_gamma: float | None = None) -> dict[str, torch.Tensor]:
         """= training_loss: the training loop calls the (possibly DDP-wrapped) module, so that data-parallel
         gradient synchronisation sees the forward."""
-        return self.training_loss(batch, generator, attn_loss, cfg_dropout)
+        return self.training_loss(batch, generator, attn_loss, cfg_dropout, snr_gamma)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters per learning-rate group (connector / encoder / unet)."""

@@ -32,8 +32,8 @@ def build_sam(source: ModelSource):
 
     if source.is_pretrained:
         kwargs = pretrained_kwargs(source)
-        processor = SamProcessor.from_pretrained(source.pretrained, **kwargs)
-        model = SamModel.from_pretrained(source.pretrained, dtype=torch_dtype(source.dtype), **kwargs)
+        processor = SamProcessor.from_pretrained(source.location, **kwargs)
+        model = SamModel.from_pretrained(source.location, dtype=torch_dtype(source.dtype), **kwargs)
         return model.eval(), processor
     cfg = merge_config(TINY_SAM, source.config or {})
     size, patch, width = cfg["image_size"], cfg["patch_size"], cfg["hidden_size"]

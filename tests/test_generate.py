@@ -128,9 +128,10 @@ def test_uncond_is_the_trainers_empty_condition(sampler):
         torch.testing.assert_close(uncond.hidden[b, :1], empty.hidden[0])
         assert torch.count_nonzero(uncond.hidden[b, 1:]) == 0
         torch.testing.assert_close(uncond.pooled[b], empty.pooled[0])
-    # For the empty prompt cond == uncond, so any guidance scale gives the unguided picture.
+    # For the empty prompt cond == uncond, so any guidance scale gives the unguided picture (up to one grey
+    # level: the guided pass runs the UNet on a batch of two, whose float rounding differs).
     a = sampler.generate([], seed=2, guidance_scale=9.0)[0]
-    assert np.array_equal(px(a), px(sampler.generate([], seed=2, guidance_scale=1.0)[0]))
+    assert np.abs(px(a) - px(sampler.generate([], seed=2, guidance_scale=1.0)[0])).max() <= 1
 
 
 def test_guidance_one_is_the_cond_only_loop(sampler):
@@ -149,8 +150,8 @@ def test_guidance_one_is_the_cond_only_loop(sampler):
 
 
 def test_cfg_combination_matches_manual_one_step(sampler):
-    """One DDIM step from t=999 to alpha=1 is x0 = (x - sqrt(1-a) eps) / sqrt(a), eps = u + s (c - u), with
-    u and c from separate predict() calls on the unpadded encodings."""
+    """One DDIM step from t=999 to alpha=1 is x0 = sqrt(a) x - sqrt(1-a) v with v = u + s (c - u) (the tiny
+    profile predicts v), u and c from separate predict() calls on the unpadded encodings."""
     model, prompt, seed, s = sampler.model, ["a", RED, "on a", BLUE], 8, 6.0
     with torch.no_grad():
         x = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(seed))
@@ -159,8 +160,9 @@ def test_cfg_combination_matches_manual_one_step(sampler):
         c = model.predict(x, t, model.encode([prompt]), ids)
         u = model.predict(x, t, model.encode([[]]), ids)
         a = model.decoder.scheduler.alphas_cumprod[999]
-        x0 = (x - (1 - a).sqrt() * (u + s * (c - u))) / a.sqrt()
-        expected, unguided = to_pixels(x0, model), to_pixels((x - (1 - a).sqrt() * c) / a.sqrt(), model)
+        assert model.decoder.scheduler.config.prediction_type == "v_prediction"
+        x0 = a.sqrt() * x - (1 - a).sqrt() * (u + s * (c - u))
+        expected, unguided = to_pixels(x0, model), to_pixels(a.sqrt() * x - (1 - a).sqrt() * c, model)
     got = px(sampler.generate(prompt, seed=seed, steps=1, guidance_scale=s)[0])
     assert np.abs(got - expected).max() <= 1
     assert np.abs(expected - unguided).mean() > 3  # guidance changes the picture: the check has teeth
@@ -181,11 +183,14 @@ def test_schedulers_keep_the_training_noise_schedule(sampler):
     for name in ("ddim", "euler"):
         sched = build_scheduler(SamplerConfig(name=name, steps=4), sampler.model.scheduler_config)
         torch.testing.assert_close(sched.alphas_cumprod, train.alphas_cumprod)
-        assert sched.config.prediction_type == "epsilon" and sched.config.timestep_spacing == "trailing"
+        assert sched.config.prediction_type == train.config.prediction_type == "v_prediction"
+        assert sched.config.rescale_betas_zero_snr == train.config.rescale_betas_zero_snr is True
+        assert sched.config.timestep_spacing == "trailing"
         sched.set_timesteps(4)
         assert [int(t) for t in sched.timesteps] == [999, 749, 499, 249]
-        v = build_scheduler(SamplerConfig(name=name), {**sampler.model.scheduler_config, "prediction_type": "v_prediction"})
-        assert v.config.prediction_type == "v_prediction"
+        eps = build_scheduler(SamplerConfig(name=name), {**sampler.model.scheduler_config, "prediction_type": "epsilon",
+                                                         "rescale_betas_zero_snr": False})
+        assert eps.config.prediction_type == "epsilon" and eps.alphas_cumprod[-1] > 1e-3
     assert build_scheduler(SamplerConfig(), sampler.model.scheduler_config).config.clip_sample is False
 
 

@@ -46,9 +46,12 @@ def _outputs(model):
     return cond, pred, img
 
 
-@pytest.mark.parametrize("decoder", [None, "lora"])
+@pytest.mark.parametrize("decoder", [None, "lora", "vae_from_config"])
 def test_round_trip_identical(tmp_path: Path, decoder):
-    cfg = tiny_cfg(decoder=lora_decoder() if decoder else None)
+    from mumu.config import ModelSource
+
+    changes = {None: None, "lora": lora_decoder(), "vae_from_config": {"vae": ModelSource(config={}, seed=6)}}
+    cfg = tiny_cfg(decoder=changes[decoder])
     model = MumuModel.from_config(cfg)
     _perturb_trainable(model)
     model.save_pretrained(tmp_path / "m")
@@ -56,7 +59,12 @@ def test_round_trip_identical(tmp_path: Path, decoder):
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
     assert {"mumu_config.json", "connector/connector.safetensors", "connector/connector.json",
             "encoder/model.safetensors", "encoder/processor_config.json", "encoder_lora/adapter_model.safetensors",
-            "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"} <= set(files)
+            "unet/diffusion_pytorch_model.safetensors"} <= set(files)
+    # The tiny profile's VAE is the bundled fitted one: loaded from its source again, not copied; a VAE
+    # built from a config is saved with the model.
+    vae_saved = "vae/diffusion_pytorch_model.safetensors" in files
+    assert vae_saved == (decoder == "vae_from_config")
+    assert vae_saved or (cfg.decoder.vae.pretrained == "bundled:tiny_vae" and not any(f.startswith("vae/") for f in files))
     assert ("unet_lora/adapter_model.safetensors" in files) == (decoder == "lora")
 
     loaded = MumuModel.from_pretrained(tmp_path / "m")

@@ -53,7 +53,7 @@ def test_overfits_a_fixed_batch(tmp_path: Path):
     prof = profile("pretrain", cfg_dropout=0.0, sample_every=0, checkpoint_every=100, log_every=1)
     result = train("pretrain", prof, [], tmp_path, max_steps=20, iterate=fixed, on_log=lambda s, m: logs.append((s, m)))
     first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
-    assert last < 0.5 * first, (first, last)
+    assert last < 0.7 * first, (first, last)  # v-prediction: at t near T the target is the image itself
     assert [s for s, _ in logs] == list(range(1, 21))
     assert logs[-1][1]["loss"] == pytest.approx(result.losses[-1])
     assert set(logs[0][1]) >= {"loss", "diffusion", "attn", "grad_norm", "lr/connector", "lr/encoder", "lr/unet"}
@@ -141,8 +141,8 @@ def test_non_finite_loss_names_the_step(tmp_path: Path, monkeypatch):
     real = MumuModel.training_loss
     calls = []
 
-    def poisoned(self, batch, generator, attn_loss: AttnLossConfig, cfg_dropout=0.0):
-        out = real(self, batch, generator, attn_loss, cfg_dropout)
+    def poisoned(self, batch, generator, attn_loss: AttnLossConfig, cfg_dropout=0.0, snr_gamma=None):
+        out = real(self, batch, generator, attn_loss, cfg_dropout, snr_gamma)
         calls.append(1)
         if len(calls) == 2:
             out["loss"] = out["loss"] * float("nan")

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, model_validator
+
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "resources"
 
 
 class StrictModel(BaseModel):
@@ -39,3 +44,12 @@ class ModelSource(StrictModel):
     @property
     def is_pretrained(self) -> bool:
         return self.pretrained is not None
+
+    @property
+    def location(self) -> str | None:
+        """What `from_pretrained` is given: `pretrained`, with `bundled:NAME` read as the folder NAME of the
+        weights the package ships (mumu/resources/NAME), wherever the package is installed. The config keeps
+        the portable name, so hashes and saved models do not depend on the install path."""
+        if self.pretrained is not None and self.pretrained.startswith(BUNDLED_PREFIX):
+            return str(BUNDLED_DIR / self.pretrained[len(BUNDLED_PREFIX):])
+        return self.pretrained

@@ -37,6 +37,11 @@ class EncoderConfig(StrictModel):
     padding_side: Literal["left", "right"] = "right"
     # Recompute the language model's layers in backward (saves ~1.2 GB of activations per sample at 8B).
     gradient_checkpointing: bool = False
+    # With the resampler bypassed, image features skip the perceiver's final RMSNorm, so they enter the LM at
+    # the modality projection's scale (15-30x below the text embeddings in the tiny model, where they are
+    # drowned by the text they attend to). "resampler": apply that norm (with its pretrained gain) to the
+    # pooled features, the scale the LM was trained to read image tokens at; "none": as projected.
+    image_feature_norm: Literal["none", "resampler"] = "resampler"
 
     @model_validator(mode="after")
     def _lora_consistent(self) -> "EncoderConfig":
@@ -67,12 +72,18 @@ class DecoderConfig(StrictModel):
     beta_start: float = 0.00085
     beta_end: float = 0.012
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # Zero terminal SNR (Lin et al. 2024): rescale the betas so the last timestep is pure noise, as the sampler
+    # assumes. Needs v_prediction (epsilon is undefined at SNR 0). Without it the model learns that some of the
+    # image survives at t = T-1, and images drawn from pure noise keep the noise's low frequencies (mean colour).
+    rescale_betas_zero_snr: bool = False
     gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _lora_consistent(self) -> "DecoderConfig":
         if self.lora.enabled != (self.train == "lora"):
             raise ValueError("decoder.lora.enabled must be true exactly when train is 'lora'")
+        if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
+            raise ValueError("decoder.rescale_betas_zero_snr needs prediction_type v_prediction (epsilon is undefined at SNR 0)")
         return self
 
 

@@ -47,6 +47,10 @@ class StageConfig(StrictModel):
     max_grad_norm: float = 1.0
     weight_decay: float = 1e-2
     cfg_dropout: float = 0.1  # share of samples trained with the empty condition (classifier-free guidance)
+    # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' training scripts' --snr_gamma): caps the weight
+    # of low-noise timesteps, where the target is nearly given by the input, so the steps that decide layout and
+    # colour (high noise, where the condition matters) are not outweighed. None = plain MSE.
+    snr_gamma: float | None = Field(None, gt=0)
     ema_decay: float | None = None
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: int = 500

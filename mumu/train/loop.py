@@ -162,7 +162,7 @@ def train(
                 generator = step_generator(seed, step, micro, rank)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
-                        out = model(batch, generator, stage.attn_loss, stage.cfg_dropout)
+                        out = model(batch, generator, stage.attn_loss, stage.cfg_dropout, stage.snr_gamma)
                     if not torch.isfinite(out["loss"]):
                         raise TrainingError(step, f"loss is {out['loss'].item()} (diffusion {out['diffusion'].item()}, "
                                                   f"attn {out['attn'].item()}): lower the learning rate or check the data")
