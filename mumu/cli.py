@@ -25,12 +25,23 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _profile(args: argparse.Namespace):
-    """Load and validate the profile before any Prefect start-up, so a bad one fails in a second."""
+def _profile(args: argparse.Namespace, **flags: Any):
+    """Load and validate the profile before any Prefect start-up, so a bad one fails in a second.
+
+    `flags` are command-line options that stand for profile fields (dotted key -> value, None = not
+    given): they are validated with the profile, so their bounds are the field's."""
     from mumu.config import load_profile
 
     overrides = _overrides(args.set)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
     return load_profile(args.profile, overrides), overrides
+
+
+def _max_steps(args: argparse.Namespace) -> None:
+    """--max-steps is passed to the stage beside the profile (not as an override: it must not change the
+    checkpoints' config fingerprint), so it is checked here against the field's bound."""
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
 
 
 def cmd_build_data(args: argparse.Namespace) -> None:
@@ -51,6 +62,7 @@ def cmd_build_data(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     _, overrides = _profile(args)
+    _max_steps(args)
     from mumu.data.shards import shard_urls
 
     shard_urls(args.data)  # no shards → one line here, before Prefect starts
@@ -62,7 +74,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    _, overrides = _profile(args)
+    _, overrides = _profile(args, **{"train.tune.attn_loss.weight": args.attn_loss_weight})
+    _max_steps(args)
     from mumu.data.shards import shard_urls
     from mumu.runs import model_dir
 
@@ -76,11 +89,11 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    cfg, _ = _profile(args)
+    cfg, _ = _profile(args, **{"eval.sampler.steps": args.steps, "eval.sampler.guidance_scale": args.guidance_scale,
+                               "eval.sampler.name": args.sampler})
     from mumu.generate import generate_to_file
 
-    sampler = cfg.eval.sampler.model_copy(update={k: v for k, v in {
-        "steps": args.steps, "guidance_scale": args.guidance_scale, "name": args.sampler}.items() if v is not None})
+    sampler = cfg.eval.sampler
     paths = generate_to_file(args.checkpoint, args.prompt, args.out, n=args.n, seed=args.seed, sampler_cfg=sampler,
                              base_dir=args.base_dir)
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -97,6 +97,8 @@ def train(
     if profile.runtime.torch_threads:
         torch.set_num_threads(profile.runtime.torch_threads)
     total = max_steps if max_steps is not None else stage.max_steps
+    if total < 1:  # the config bounds max_steps; an explicit max_steps must obey the same bound
+        raise UserError(f"max_steps must be at least 1, got {total}")
     accum = stage.gradient_accumulation_steps
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
