@@ -7,9 +7,9 @@ Each stage returns a new ShardWork; an item that fails in a stage (undecodable, 
 error on that item, ...) leaves `items` for `quarantined` with the stage and a reason, so at the end
 `inputs == written + quarantined` holds per shard (asserted before writing) and overall.
 
-Models are duck-typed (TEAM.md): captioner.caption(images) -> list[str];
-detector.detect(images, phrases) -> list[list[Detection]]; segmenter.segment(images, boxes) ->
-list[bool ndarray [n, H, W]]. A model call covers the whole shard (the model batches by its config);
+Models are anything with the methods of mumu/data/contracts.py: CaptionModel.caption(images) -> list[str];
+DetectionModel.detect(images, phrases) -> per image a list of BoxDetection; SegmentationModel.segment(images,
+boxes) -> list[bool ndarray [n, H, W]]. A model call covers the whole shard (the model batches by its config);
 if it raises, items are retried one by one so only the failing ones are quarantined — unless every
 item fails, which means the model (not the data) is broken, and the error propagates.
 """
@@ -28,6 +28,7 @@ from mumu.config import config_hash as hash_config
 from mumu.config.data import ComposeConfig, DataConfig, EntitiesConfig, IngestConfig
 from mumu.data import entities as _entities
 from mumu.data.compose import compose_sample, int_box
+from mumu.data.contracts import CaptionModel, DetectionModel, SegmentationModel
 from mumu.data.decode import BadInput, decode_image
 from mumu.data.ingest import plan_shards, read_refs
 from mumu.data.shards import shard_done, write_manifest, write_shard
@@ -120,7 +121,7 @@ def ingest(shard: InputShard, cfg: IngestConfig) -> ShardWork:
     return work.next(items, bad, {"inputs": len(shard.refs), "decoded": len(items), "captions_given": given_n})
 
 
-def caption(work: ShardWork, captioner) -> ShardWork:
+def caption(work: ShardWork, captioner: CaptionModel | None) -> ShardWork:
     """Caption the items that came without one (`captioner` may be None when every item has one)."""
     todo = [i for i, it in enumerate(work.items) if not it.caption]
     if not todo:
@@ -155,7 +156,7 @@ def find_entities(work: ShardWork, cfg: EntitiesConfig) -> ShardWork:
     return work.next(items, [], dict(c))
 
 
-def detect(work: ShardWork, detector) -> ShardWork:
+def detect(work: ShardWork, detector: DetectionModel) -> ShardWork:
     """Best box per entity phrase, as integer pixel boxes; entities with no detection are dropped."""
     todo = [i for i, it in enumerate(work.items) if it.entities]
 
@@ -185,7 +186,7 @@ def detect(work: ShardWork, detector) -> ShardWork:
     return work.next(items, bad, dict(c))
 
 
-def segment(work: ShardWork, segmenter) -> ShardWork:
+def segment(work: ShardWork, segmenter: SegmentationModel) -> ShardWork:
     """One full-image bool mask per detected entity (stored as [n, H, W] on the item)."""
     todo = [i for i, it in enumerate(work.items) if it.entities]
 
@@ -263,7 +264,8 @@ def write(work: ShardWork, out_dir: str | Path, cfg: DataConfig) -> ShardReport:
     )
 
 
-def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner, detector, segmenter) -> ShardReport:
+def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
+              segmenter: SegmentationModel) -> ShardReport:
     """All stages of one shard in order (what the flow does per shard, without Prefect)."""
     work = ingest(shard, cfg.ingest)
     work = caption(work, captioner)
@@ -275,7 +277,8 @@ def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner, detector, 
 
 
 def run_local(
-    input_path, out_dir, cfg: DataConfig, captioner, detector, segmenter, config_hash: str
+    input_path, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
+    segmenter: SegmentationModel, config_hash: str
 ) -> tuple[Manifest, list[int]]:
     """Plan, run every unfinished shard sequentially, write the manifest → (manifest, shards run now)."""
     reports, ran = [], []

@@ -1,5 +1,6 @@
 """The training loop shared by both stages (1: text-to-image pretraining, 2: instruction tuning with the
-attention-mask loss). Plain functions, no Prefect: the lead wraps `train` in a task.
+attention-mask loss). Plain functions, no Prefect: tasks/train.py `train_stage` runs `train` as a Prefect task
+(mumu/train/entry.py runs it in each process under `accelerate launch`).
 
 Reproducibility: every random draw of optimizer step s, micro-batch m (CFG dropout, VAE posterior
 sample, timesteps, noise; torch's global RNG for dropout) comes from a generator seeded by
