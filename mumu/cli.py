@@ -91,11 +91,10 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     cfg, _ = _profile(args, **{"eval.sampler.steps": args.steps, "eval.sampler.guidance_scale": args.guidance_scale,
                                "eval.sampler.name": args.sampler})
-    from mumu.generate import generate_to_file
+    from mumu.generate import generate_to_file, runtime_device
 
-    sampler = cfg.eval.sampler
-    paths = generate_to_file(args.checkpoint, args.prompt, args.out, n=args.n, seed=args.seed, sampler_cfg=sampler,
-                             base_dir=args.base_dir)
+    paths = generate_to_file(args.checkpoint, args.prompt, args.out, n=args.n, seed=args.seed,
+                             sampler_cfg=cfg.eval.sampler, base_dir=args.base_dir, device=runtime_device(cfg.runtime))
     print("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -54,6 +54,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device)
 
 
+def runtime_device(runtime) -> torch.device:
+    """The device a profile's `runtime` asks for ("auto" = cuda when present), as evaluation resolves it
+    (models.hf.resolve_device); a cuda request on a machine without CUDA is a UserError, not a CPU fallback."""
+    from models.hf import resolve_device
+
+    if runtime.torch_threads:
+        torch.set_num_threads(runtime.torch_threads)
+    device = resolve_device(runtime)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"runtime.device is {runtime.device!r} but CUDA is not available on this machine "
+                        "(--set runtime.device=cpu or auto)")
+    return device
+
+
 # --- schedulers -------------------------------------------------------------------------------------------
 def build_scheduler(cfg: SamplerConfig, train_config: dict):
     """The sampling scheduler from the training scheduler's config (same betas / prediction type)."""

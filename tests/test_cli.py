@@ -49,3 +49,34 @@ def test_user_mistakes_give_one_line_and_exit_2(argv, needles, saved_model, tmp_
     argv = [a.format(model=saved_model, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     _one_error_line(capsys, *needles)
+
+
+def test_generate_runs_on_the_profiles_runtime_device(saved_model, tmp_path, monkeypatch, capsys):
+    import torch
+
+    import mumu.generate as gen
+    from mumu.errors import UserError
+
+    devices, real_load = [], gen.load_model
+
+    def load(path, device="cpu"):
+        devices.append(torch.device(device))
+        if torch.device(device).type == "cuda":  # no GPU here: stop where the model would move to it
+            raise UserError("stopped before moving to cuda")
+        return real_load(path, device)
+
+    monkeypatch.setattr(gen, "load_model", load)
+    argv = ["generate", "--checkpoint", str(saved_model), "--prompt", "a cat", "--steps", "1"]
+    assert main([*argv, "--out", str(tmp_path / "cpu.png"), "--set", "runtime.device=cpu"]) == 0
+    assert devices == [torch.device("cpu")] and (tmp_path / "cpu.png").is_file()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA machine, stood in
+    for device in ("cuda", "auto"):
+        assert main([*argv, "--out", str(tmp_path / "gpu.png"), "--set", f"runtime.device={device}"]) == 2
+    assert devices[1:] == [torch.device("cuda"), torch.device("cuda")]
+    capsys.readouterr()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*argv, "--out", str(tmp_path / "none.png"), "--set", "runtime.device=cuda"]) == 2
+    _one_error_line(capsys, "runtime.device is 'cuda' but CUDA is not available")
+    assert len(devices) == 3 and not (tmp_path / "none.png").exists() and not (tmp_path / "gpu.png").exists()
