@@ -67,10 +67,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     shard_urls(args.data)  # no shards → one line here, before Prefect starts
     from flows.pretrain import pretrain
+    from mumu.train.entry import final_line
 
     result = pretrain(data=args.data, out=args.out, profile=args.profile, overrides=overrides,
                                          max_steps=args.max_steps, resume=args.resume)
-    print(f"pretrain: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['model']}")
+    print(final_line(result))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -81,11 +82,12 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     shard_urls(args.data), model_dir(args.init)
     from flows.tune import tune
+    from mumu.train.entry import final_line
 
     result = tune(data=args.data, init=args.init, out=args.out, profile=args.profile,
                                      overrides=overrides, attn_loss_weight=args.attn_loss_weight,
                                      max_steps=args.max_steps, resume=args.resume)
-    print(f"tune: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['model']}")
+    print(final_line(result))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -117,6 +119,13 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     result = pipeline(input_path=args.input, out=args.out, profile=args.profile,
                                          overrides=overrides)
     print(f"pipeline finished: report in {result['report']}")
+
+
+def cmd_profile_show(args: argparse.Namespace) -> None:
+    from mumu.config import load_profile
+    from mumu.runs import profile_yaml
+
+    sys.stdout.write(profile_yaml(load_profile(args.name, _overrides(args.set))))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -176,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder: report.json, report.md, grids")
     _common(p)
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("profile", help="inspect profiles")
+    profile_sub = p.add_subparsers(dest="profile_command", required=True)
+    p = profile_sub.add_parser("show", help="print a profile resolved (overrides applied, defaults filled in) as YAML")
+    p.add_argument("name", help="profile name (tiny, mumu-sdxl, ...) or a YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile field (repeatable)")
+    p.set_defaults(run=cmd_profile_show)
 
     p = sub.add_parser("pipeline", help="the whole DAG: build-data → pretrain → tune → evaluate")
     p.add_argument("--input", default=str(SAMPLES_DIR), help="images (+captions.jsonl) or .tar shards [bundled samples]")

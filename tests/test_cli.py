@@ -80,3 +80,32 @@ def test_generate_runs_on_the_profiles_runtime_device(saved_model, tmp_path, mon
     assert main([*argv, "--out", str(tmp_path / "none.png"), "--set", "runtime.device=cuda"]) == 2
     _one_error_line(capsys, "runtime.device is 'cuda' but CUDA is not available")
     assert len(devices) == 3 and not (tmp_path / "none.png").exists() and not (tmp_path / "gpu.png").exists()
+
+
+def test_profile_show_prints_the_resolved_profile_as_yaml_that_loads_back(tmp_path, capsys):
+    import yaml
+
+    from mumu.config import config_hash
+
+    assert main(["profile", "show", "tiny", "--set", "train.pretrain.max_steps=7",
+                 "--set", "data.detect.box_threshold=0.3"]) == 0
+    text = capsys.readouterr().out
+    tree = yaml.safe_load(text)
+    assert tree["train"]["pretrain"]["max_steps"] == 7 and tree["data"]["detect"]["box_threshold"] == 0.3
+    assert tree["train"]["tune"]["lr"]["unet"] == 1.0e-3  # from the profile file
+    assert tree["eval"]["sampler"]["timestep_spacing"] == "trailing"  # a default the file does not set
+    (tmp_path / "shown.yaml").write_text(text)
+    expected = load_profile("tiny", {"train.pretrain.max_steps": 7, "data.detect.box_threshold": 0.3})
+    assert config_hash(load_profile(str(tmp_path / "shown.yaml"))) == config_hash(expected)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["profile", "show", "nope"], "unknown profile 'nope'"),
+    (["profile", "show", "tiny", "--set", "train.tune.batch_size=0"], "train.tune.batch_size"),
+])
+def test_profile_show_rejects_a_bad_profile_with_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("mumu: error:") and needle in err[0], err
+    assert captured.out == ""

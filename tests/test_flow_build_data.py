@@ -8,6 +8,7 @@ import pytest
 import webdataset as wds
 
 from mumu.cli import SAMPLES_DIR, main
+from mumu.config import load_profile
 from mumu.data import stages
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -35,6 +36,7 @@ def built(tmp_path_factory):
 
 def test_flow_writes_reconciled_shards_that_plain_webdataset_reads(built):
     manifest = json.loads((built / "manifest.json").read_text())
+    assert load_profile(str(built / "config.yaml")) == load_profile("tiny")  # the config the run used
     n_inputs = len([p for p in SAMPLES_DIR.iterdir() if p.suffix == ".png"])
     assert manifest["inputs"] == n_inputs
     assert manifest["inputs"] == manifest["written"] + manifest["quarantined"]

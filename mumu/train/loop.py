@@ -78,11 +78,13 @@ def train(
     iterate: Callable[..., Iterator[list]] = _default_iterate,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_sample: Callable[[int, Path], None] | None = None,
+    on_resume: Callable[[int, Path], None] | None = None,
 ) -> TrainResult:
     """Train one stage; checkpoints, TensorBoard scalars, preview grids and the final model go to out_dir.
 
     init: a saved MumuModel directory (stage 2 starts from stage 1's out_dir/model); None = from config.
     iterate(data_urls, stage, seed, start_step=...) yields batches of Examples (mumu.train.data).
+    on_resume(step, checkpoint) is called once (main process) when the run continues from a checkpoint.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from torch.utils.tensorboard import SummaryWriter
@@ -142,6 +144,8 @@ def train(
             raise UserError(f"{checkpoints[-1].path} was written by a different stage/config/init/seed: "
                             f"use a new out_dir or resume=False")
         start, losses = state["step"], list(state["losses"])
+        if main and on_resume is not None:
+            on_resume(start, checkpoints[-1].path)
     elif not resume and checkpoints and main:
         shutil.rmtree(ckpt_dir)
 
