@@ -29,7 +29,7 @@ def shards(tmp_path_factory):
         scene.image.save(root / f"s{i}.png")
         rows.append(json.dumps({"image": f"s{i}.png", "caption": scene.caption}))
     (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
-    cfg = load_profile("tiny", {"data.compose.text_only_share": 0.0})
+    cfg = load_profile("tiny")
     manifest, _ = stages.run_local(root, out, cfg.data, None, oracle, oracle, "test")
     assert manifest.written == 8
     return out

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mumu.config.base import SEED_MAX, ModelSource, StrictModel
+from mumu.config.base import ModelSource, StrictModel
 
 
 class IngestConfig(StrictModel):
@@ -71,8 +71,8 @@ class ComposeConfig(StrictModel):
     min_crop_side: int = Field(32, ge=1)  # MUMU: crops smaller than this are dropped
     max_crop_fraction: float = Field(0.75, gt=0.0, le=1.0)  # MUMU: crops covering more of the image than this are dropped
     max_images_per_prompt: int = Field(3, ge=1)  # MUMU: at most 3 crops per prompt
-    text_only_share: float = Field(0.10, ge=0.0, le=1.0)  # share of samples whose prompt stays text-only
-    seed: int = Field(0, ge=0, le=SEED_MAX)
+    # No text-only share here: every sample keeps its multimodal prompts and its caption, and training
+    # picks the caption for `train.<stage>.text_only_share` of the draws (see mumu/config/train.py).
 
 
 class WriteConfig(StrictModel):

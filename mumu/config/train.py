@@ -58,7 +58,11 @@ class StageConfig(StrictModel):
     shuffle_buffer: int = Field(256, ge=1)  # raw samples held for shuffling (per loader worker)
     loader_workers: int = Field(0, ge=0)  # torch DataLoader workers; the sample order depends on this number
     prompt_mode: Literal["text", "mumu", "unimo"] = "text"
-    text_only_share: float = Field(0.1, ge=0.0, le=1.0)  # extra multimodal samples trained on the caption alone
+    # Share of draws trained on the plain caption instead of the multimodal prompt (UNIMO-G: 10 %). The one
+    # knob for it: the data stage writes every sample with both, and the loader flips this coin per draw,
+    # so every sample is seen with its images on the other draws, and the share can change per stage or
+    # run without rebuilding the data (mumu/train/data.py `_view`). No effect with prompt_mode "text".
+    text_only_share: float = Field(0.1, ge=0.0, le=1.0)
     attn_loss: AttnLossConfig = AttnLossConfig()
     augment: AugmentConfig = AugmentConfig(share=0.0)
     seed: int = Field(0, ge=0, le=SEED_MAX)
