@@ -25,6 +25,9 @@ class SamplerConfig(StrictModel):
     # few steps of the tiny profile. SDXL's published scheduler uses "leading" (+ steps_offset=1).
     timestep_spacing: Literal["leading", "linspace", "trailing"] = "trailing"
     batch_size: int = Field(8, ge=1)  # images per denoising batch (the UNet sees 2x this with guidance)
+    # SDXL micro-conditioning's original size (a square side) told to the UNet. None = the size the model was
+    # trained on most often (recorded in its model folder), else the target size (mumu/size_conditioning.py).
+    original_size: int | None = Field(None, ge=8)
 
 
 class BenchmarkConfig(StrictModel):

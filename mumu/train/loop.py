@@ -22,6 +22,7 @@ import torch
 
 from mumu.config import ProfileConfig, config_hash, load_profile
 from mumu.errors import UserError
+from mumu.size_conditioning import SizeTally, write_sizes
 from mumu.train.checkpoint import clean_partial, list_checkpoints, load_checkpoint, save_checkpoint
 from mumu.train.optim import build_ema, build_lr_scheduler, build_optimizer, step_generator
 from mumu.train.preview import sample_grid
@@ -136,6 +137,7 @@ def train(
         clean_partial(ckpt_dir)
     accelerator.wait_for_everyone()
     start, losses = 0, []
+    sizes = SizeTally()  # original sizes trained on: the sampler's default micro-conditioning (size_conditioning.py)
     checkpoints = list_checkpoints(ckpt_dir)
     if resume and checkpoints:
         state = load_checkpoint(checkpoints[-1].path, model=core, optimizer=optimizer, lr_scheduler=lr_scheduler,
@@ -144,6 +146,7 @@ def train(
             raise UserError(f"{checkpoints[-1].path} was written by a different stage/config/init/seed: "
                             f"use a new out_dir or resume=False")
         start, losses = state["step"], list(state["losses"])
+        sizes = SizeTally(state.get("original_sizes"))
         if main and on_resume is not None:
             on_resume(start, checkpoints[-1].path)
     elif not resume and checkpoints and main:
@@ -166,6 +169,7 @@ def train(
                 except StopIteration:
                     raise TrainingError(step, "the training data ran out (iterate_examples should be endless)") from None
                 batch = core.prepare(examples)
+                sizes.add((ex.image.height, ex.image.width) for ex in examples)
                 generator = step_generator(seed, step, micro, rank)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
@@ -199,13 +203,14 @@ def train(
                     saved.append(save_checkpoint(
                         ckpt_dir, step, weights=core.trainable_state_dict(), optimizer=optimizer,
                         lr_scheduler=lr_scheduler, ema=ema, keep=stage.keep_checkpoints,
-                        extra={"fingerprint": fingerprint, "losses": losses},
+                        extra={"fingerprint": fingerprint, "losses": losses, "original_sizes": sizes.to_json()},
                     ))
                 accelerator.wait_for_everyone()
             if main and stage.sample_every and step % stage.sample_every == 0:
                 if preview_prompts is None:  # the first batch of the stream: the same on every resume
                     first = next(iter(iterate(data_urls, stage, seed, start_step=0)))
                     preview_prompts = [ex.prompt for ex in first[:PREVIEW_PROMPTS]]
+                core.trained_original_size = sizes.most_common()
                 path = sample_grid(core, preview_prompts, out_dir / "samples" / f"step-{step:06d}.png",
                                    steps=stage.sample_steps, seed=seed)
                 samples.append(path)
@@ -226,6 +231,7 @@ def train(
         tmp_dir = out_dir / ".model-tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)
         core.save_pretrained(tmp_dir)
+        write_sizes(tmp_dir, sizes)
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp_dir.rename(model_dir)
     accelerator.wait_for_everyone()
