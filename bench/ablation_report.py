@@ -17,7 +17,7 @@ from mumu.io import write_text_atomic
 ARMS = {"a": "w/o Tuning", "b": "w/o VisualEnh", "c": "full"}
 
 METHOD = """\
-# Toy ablation of UNIMO-G's visual-enhanced learning (issue 4)
+# Toy ablation of UNIMO-G's visual-enhanced learning
 
 A CPU-scale version of UNIMO-G's ablation (Tables 2–3: "w/o Tuning", "w/o VisualEnh", full model).
 It is a runnable experiment, not part of CI; `tests/test_ablation_smoke.py` runs its plumbing with 1–2 steps.

@@ -49,7 +49,10 @@ class SampleRecord(_Record):
     caption: str
     caption_source: Literal["given", "vlm"]
     entities: list[EntityRecord]
-    text_only: bool  # chosen for the text-only share: both prompts below are the caption alone
+    # Always false in shards written now (the text-only share is drawn at training time). True only in shards
+    # from before, which chose it at build time and whose prompts below are then the caption alone; the
+    # training loader still trains those on the caption.
+    text_only: bool = False
     # MUMU: each kept crop inserted *before* the words of its entity.
     prompt_mumu: list[Segment]
     # UNIMO-G: each kept masked segment *replaces* the words of its entity.
@@ -73,7 +76,7 @@ class ShardReport(_Record):
     quarantined: int
     sha256: str
     bytes: int
-    counts: dict[str, int]  # per-stage counters (captioned_by_vlm, entities, boxes, masks, crops_kept, text_only)
+    counts: dict[str, int]  # per-stage counters (captioned_by_vlm, entities, boxes, masks, crops_kept, ...)
     # sha256 of the shard's planned input sources: a finished shard is reused only for the same inputs.
     plan_sha256: str = ""
     config_hash: str = ""  # of the DataConfig that wrote it: a shard from another config is rebuilt

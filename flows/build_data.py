@@ -23,6 +23,7 @@ from mumu.config import config_hash, load_profile
 from mumu.config.data import DataConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.data import stages
+from mumu.runs import write_run_config
 from tasks import data as t
 from tasks.common import retry_options
 
@@ -30,6 +31,7 @@ from tasks.common import retry_options
 @flow(name="build-data", log_prints=False)
 def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict[str, Any] | None = None) -> dict:
     cfg = load_profile(profile, overrides)
+    write_run_config(out, cfg)
     data, runtime = cfg.data, cfg.runtime
     log = get_run_logger()
     retry = retry_options(runtime)

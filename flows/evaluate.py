@@ -21,7 +21,7 @@ from mumu.config import load_profile
 from mumu.config.eval import EvalConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.eval.benchmarks import Benchmark, build_benchmarks, chunk
-from mumu.runs import model_dir
+from mumu.runs import model_dir, write_run_config
 from tasks import evaluate as t
 from tasks.common import retry_options
 
@@ -35,6 +35,7 @@ def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny
     cfg = load_profile(profile, overrides)
     ev, runtime = cfg.eval, cfg.runtime
     model = str(model_dir(checkpoint))
+    write_run_config(out, cfg)
     retry = retry_options(runtime)
     # Chunks are mapped in a subflow on the profile's task runner, however this flow was started. Built once:
     # a flow's with_options rebuilds its parameter schema (~50 ms); each run duplicates the runner anyway.

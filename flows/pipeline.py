@@ -20,13 +20,15 @@ from flows.pretrain import pretrain
 from flows.tune import tune
 from mumu import SAMPLES_DIR
 from mumu.config import load_profile
+from mumu.runs import write_run_config
 
 
 @flow(name="pipeline")
 def pipeline(input_path: str | None = None, out: str = "runs/tiny", profile: str = "tiny",
              overrides: dict[str, Any] | None = None) -> dict:
-    load_profile(profile, overrides)  # fail fast on a bad profile
+    cfg = load_profile(profile, overrides)  # fail fast on a bad profile
     root = Path(out)
+    write_run_config(root, cfg)
     data, stage1, stage2, report = (str(root / name) for name in ("data", "pretrain", "tune", "eval"))
     common = dict(profile=profile, overrides=overrides)
 

@@ -11,7 +11,7 @@ from prefect import flow
 
 from deployments.events import emit_stage_completed
 from mumu.config import load_profile
-from mumu.runs import model_dir
+from mumu.runs import model_dir, with_max_steps, write_run_config
 from tasks.train import train_stage
 
 
@@ -21,7 +21,9 @@ def tune(data: str, init: str, out: str, profile: str = "tiny", overrides: dict[
     overrides = dict(overrides or {})
     if attn_loss_weight is not None:
         overrides["train.tune.attn_loss.weight"] = attn_loss_weight
-    load_profile(profile, overrides)
-    result = train_stage("tune", profile, overrides, data, out, str(model_dir(init)), max_steps, resume)
+    cfg = load_profile(profile, overrides)
+    init_model = str(model_dir(init))
+    write_run_config(out, with_max_steps(cfg, "tune", max_steps))
+    result = train_stage("tune", profile, overrides, data, out, init_model, max_steps, resume)
     emit_stage_completed("tune", out, data=data, model=result["model"])
     return result

@@ -17,6 +17,8 @@ def normalise_caption(text: str) -> str:
 
 
 class Captioner:
+    """The data stage's CaptionModel (mumu/data/contracts.py)."""
+
     def __init__(self, model, processor, cfg: CaptionConfig, device: torch.device | str = "cpu"):
         self.model = model.to(device).eval()
         self.processor = processor

@@ -137,6 +137,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, limit: 
 
 @dataclass(frozen=True)
 class Detection:
+    """A BoxDetection (mumu/data/contracts.py)."""
+
     phrase_index: int  # index into the image's phrase list
     box: Box  # x0, y0, x1, y1 in the image's pixel coordinates
     score: float  # max sigmoid over the phrase's tokens
@@ -185,6 +187,8 @@ def phrase_token_masks(
 
 
 class Detector:
+    """The data stage's DetectionModel (mumu/data/contracts.py)."""
+
     def __init__(self, model, processor, cfg: DetectConfig, device: torch.device | str = "cpu"):
         self.model = model.to(device).eval()
         self.processor = processor

@@ -55,6 +55,8 @@ def build_sam(source: ModelSource):
 
 
 class Segmenter:
+    """The data stage's SegmentationModel (mumu/data/contracts.py)."""
+
     def __init__(self, model, processor, cfg: SegmentConfig, device: torch.device | str = "cpu"):
         self.model = model.to(device).eval()
         self.processor = processor

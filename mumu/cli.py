@@ -25,12 +25,23 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _profile(args: argparse.Namespace):
-    """Load and validate the profile before any Prefect start-up, so a bad one fails in a second."""
+def _profile(args: argparse.Namespace, **flags: Any):
+    """Load and validate the profile before any Prefect start-up, so a bad one fails in a second.
+
+    `flags` are command-line options that stand for profile fields (dotted key -> value, None = not
+    given): they are validated with the profile, so their bounds are the field's."""
     from mumu.config import load_profile
 
     overrides = _overrides(args.set)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
     return load_profile(args.profile, overrides), overrides
+
+
+def _max_steps(args: argparse.Namespace) -> None:
+    """--max-steps is passed to the stage beside the profile (not as an override: it must not change the
+    checkpoints' config fingerprint), so it is checked here against the field's bound."""
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
 
 
 def cmd_build_data(args: argparse.Namespace) -> None:
@@ -51,38 +62,41 @@ def cmd_build_data(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     _, overrides = _profile(args)
+    _max_steps(args)
     from mumu.data.shards import shard_urls
 
     shard_urls(args.data)  # no shards → one line here, before Prefect starts
     from flows.pretrain import pretrain
+    from mumu.train.entry import final_line
 
     result = pretrain(data=args.data, out=args.out, profile=args.profile, overrides=overrides,
                                          max_steps=args.max_steps, resume=args.resume)
-    print(f"pretrain: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['model']}")
+    print(final_line(result))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    _, overrides = _profile(args)
+    _, overrides = _profile(args, **{"train.tune.attn_loss.weight": args.attn_loss_weight})
+    _max_steps(args)
     from mumu.data.shards import shard_urls
     from mumu.runs import model_dir
 
     shard_urls(args.data), model_dir(args.init)
     from flows.tune import tune
+    from mumu.train.entry import final_line
 
     result = tune(data=args.data, init=args.init, out=args.out, profile=args.profile,
                                      overrides=overrides, attn_loss_weight=args.attn_loss_weight,
                                      max_steps=args.max_steps, resume=args.resume)
-    print(f"tune: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['model']}")
+    print(final_line(result))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    cfg, _ = _profile(args)
-    from mumu.generate import generate_to_file
+    cfg, _ = _profile(args, **{"eval.sampler.steps": args.steps, "eval.sampler.guidance_scale": args.guidance_scale,
+                               "eval.sampler.name": args.sampler})
+    from mumu.generate import generate_to_file, runtime_device
 
-    sampler = cfg.eval.sampler.model_copy(update={k: v for k, v in {
-        "steps": args.steps, "guidance_scale": args.guidance_scale, "name": args.sampler}.items() if v is not None})
-    paths = generate_to_file(args.checkpoint, args.prompt, args.out, n=args.n, seed=args.seed, sampler_cfg=sampler,
-                             base_dir=args.base_dir)
+    paths = generate_to_file(args.checkpoint, args.prompt, args.out, n=args.n, seed=args.seed,
+                             sampler_cfg=cfg.eval.sampler, base_dir=args.base_dir, device=runtime_device(cfg.runtime))
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
@@ -105,6 +119,13 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     result = pipeline(input_path=args.input, out=args.out, profile=args.profile,
                                          overrides=overrides)
     print(f"pipeline finished: report in {result['report']}")
+
+
+def cmd_profile_show(args: argparse.Namespace) -> None:
+    from mumu.config import load_profile
+    from mumu.runs import profile_yaml
+
+    sys.stdout.write(profile_yaml(load_profile(args.name, _overrides(args.set))))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -164,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder: report.json, report.md, grids")
     _common(p)
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("profile", help="inspect profiles")
+    profile_sub = p.add_subparsers(dest="profile_command", required=True)
+    p = profile_sub.add_parser("show", help="print a profile resolved (overrides applied, defaults filled in) as YAML")
+    p.add_argument("name", help="profile name (tiny, mumu-sdxl, ...) or a YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile field (repeatable)")
+    p.set_defaults(run=cmd_profile_show)
 
     p = sub.add_parser("pipeline", help="the whole DAG: build-data → pretrain → tune → evaluate")
     p.add_argument("--input", default=str(SAMPLES_DIR), help="images (+captions.jsonl) or .tar shards [bundled samples]")

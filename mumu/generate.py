@@ -30,6 +30,7 @@ from mumu.config.eval import SamplerConfig
 from mumu.errors import UserError
 from mumu.io import atomic_path
 from mumu.runs import model_dir as resolve_model_dir
+from mumu.size_conditioning import read_original_size, sampling_original_size
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     except (ValueError, OSError, KeyError, TypeError, SafetensorError) as exn:  # corrupt / partial model dirs
         first = (str(exn).strip().splitlines() or [type(exn).__name__])[0]
         raise UserError(f"cannot load the model in {model_dir}: {first}") from exn
+    # What training recorded about its images' sizes travels with the model to every sampler built on it.
+    model.trained_original_size = read_original_size(model_dir)
     return model.to(device)
+
+
+def runtime_device(runtime) -> torch.device:
+    """The device a profile's `runtime` asks for ("auto" = cuda when present), as evaluation resolves it
+    (models.hf.resolve_device); a cuda request on a machine without CUDA is a UserError, not a CPU fallback."""
+    from models.hf import resolve_device
+
+    if runtime.torch_threads:
+        torch.set_num_threads(runtime.torch_threads)
+    device = resolve_device(runtime)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"runtime.device is {runtime.device!r} but CUDA is not available on this machine "
+                        "(--set runtime.device=cpu or auto)")
+    return device
 
 
 # --- schedulers -------------------------------------------------------------------------------------------
@@ -184,6 +201,11 @@ class MumuSampler:
                 raise UserError(f"{name} must be a positive multiple of the VAE scale factor {f}, got {v!r}")
         return h, w
 
+    def original_size(self, target: tuple[int, int]) -> tuple[int, int]:
+        """The (h, w) of SDXL's micro-conditioning for images of size `target` (mumu/size_conditioning.py)."""
+        return sampling_original_size(self.cfg.original_size, getattr(self.model, "trained_original_size", None),
+                                      target)
+
     def encode(self, prompts: list[Prompt], negative: Prompt | None, guided: bool):
         """(cond [P, L], uncond [P, L] or None) for P prompts; one encoder pass."""
         model = self.model
@@ -214,8 +236,8 @@ class MumuSampler:
         if guided:
             cond = _cat_conditioning(_select(uncond, row), cond)  # [uncond; cond]: one UNet batch
         b = len(chunk)
-        time_ids = torch.tensor([model.decoder.add_time_ids((h, w), (0, 0), (h, w))] * (2 * b if guided else b),
-                                dtype=torch.float32, device=device)
+        time_ids = torch.tensor([model.decoder.add_time_ids(self.original_size((h, w)), (0, 0), (h, w))]
+                                * (2 * b if guided else b), dtype=torch.float32, device=device)
 
         from diffusers.utils.torch_utils import randn_tensor
 

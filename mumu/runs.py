@@ -1,10 +1,36 @@
-"""Where a stage's outputs live inside its run folder."""
+"""Where a stage's outputs live inside its run folder, and the resolved config every run folder holds."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from mumu.errors import UserError
+from mumu.io import write_text_atomic
+
+CONFIG_FILE = "config.yaml"
+
+
+def profile_yaml(cfg) -> str:
+    """A resolved profile (ProfileConfig, overrides applied, defaults filled in) as YAML that
+    `--profile FILE.yaml` loads back to the same config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=120)
+
+
+def write_run_config(out: str | Path, cfg) -> Path:
+    """OUT/config.yaml (atomic): the config this run used, so a run folder explains itself."""
+    path = Path(out) / CONFIG_FILE
+    write_text_atomic(path, profile_yaml(cfg))
+    return path
+
+
+def with_max_steps(cfg, stage: str, max_steps: int | None):
+    """The profile with a stage's max_steps replaced by a --max-steps given beside it (what the stage ran)."""
+    if max_steps is None:
+        return cfg
+    stage_cfg = getattr(cfg.train, stage).model_copy(update={"max_steps": max_steps})
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={stage: stage_cfg})})
 
 
 def model_dir(run_or_model: str | Path) -> Path:

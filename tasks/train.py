@@ -20,7 +20,7 @@ from mumu.config import load_profile
 from mumu.config.runtime import RuntimeConfig
 from mumu.data.shards import shard_urls
 from mumu.launch import accelerate_argv, run_launcher
-from mumu.train.entry import result_summary
+from mumu.train.entry import result_summary, resumed_line
 from tasks.common import TASK_OPTIONS
 
 
@@ -70,5 +70,6 @@ def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data
                  metrics["diffusion"], metrics["attn"])
 
     result = train(stage, cfg, shard_urls(data), out, init=init, resume=resume, max_steps=max_steps, on_log=on_log,
-                   on_sample=lambda step, png: _publish_sample(stage, step, png))
+                   on_sample=lambda step, png: _publish_sample(stage, step, png),
+                   on_resume=lambda step, ckpt: log.info("%s", resumed_line(stage, step, ckpt)))
     return result_summary(result)

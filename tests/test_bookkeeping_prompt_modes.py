@@ -25,7 +25,7 @@ def shard(tmp_path_factory):
     oracle.add_scene(scene)
     scene.image.save(root / "scene.png")
     (root / "captions.jsonl").write_text(json.dumps({"image": "scene.png", "caption": scene.caption}) + "\n")
-    cfg = load_profile("tiny", {"data.compose.text_only_share": 0.0, "data.compose.min_crop_side": 1}).data
+    cfg = load_profile("tiny", {"data.compose.min_crop_side": 1}).data
     manifest, _ = stages.run_local(root, out, cfg, None, oracle, oracle, "test")
     path = out / manifest.shards[0].name
     record = next(read_shard(path)).record

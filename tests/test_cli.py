@@ -49,3 +49,63 @@ def test_user_mistakes_give_one_line_and_exit_2(argv, needles, saved_model, tmp_
     argv = [a.format(model=saved_model, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     _one_error_line(capsys, *needles)
+
+
+def test_generate_runs_on_the_profiles_runtime_device(saved_model, tmp_path, monkeypatch, capsys):
+    import torch
+
+    import mumu.generate as gen
+    from mumu.errors import UserError
+
+    devices, real_load = [], gen.load_model
+
+    def load(path, device="cpu"):
+        devices.append(torch.device(device))
+        if torch.device(device).type == "cuda":  # no GPU here: stop where the model would move to it
+            raise UserError("stopped before moving to cuda")
+        return real_load(path, device)
+
+    monkeypatch.setattr(gen, "load_model", load)
+    argv = ["generate", "--checkpoint", str(saved_model), "--prompt", "a cat", "--steps", "1"]
+    assert main([*argv, "--out", str(tmp_path / "cpu.png"), "--set", "runtime.device=cpu"]) == 0
+    assert devices == [torch.device("cpu")] and (tmp_path / "cpu.png").is_file()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA machine, stood in
+    for device in ("cuda", "auto"):
+        assert main([*argv, "--out", str(tmp_path / "gpu.png"), "--set", f"runtime.device={device}"]) == 2
+    assert devices[1:] == [torch.device("cuda"), torch.device("cuda")]
+    capsys.readouterr()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*argv, "--out", str(tmp_path / "none.png"), "--set", "runtime.device=cuda"]) == 2
+    _one_error_line(capsys, "runtime.device is 'cuda' but CUDA is not available")
+    assert len(devices) == 3 and not (tmp_path / "none.png").exists() and not (tmp_path / "gpu.png").exists()
+
+
+def test_profile_show_prints_the_resolved_profile_as_yaml_that_loads_back(tmp_path, capsys):
+    import yaml
+
+    from mumu.config import config_hash
+
+    assert main(["profile", "show", "tiny", "--set", "train.pretrain.max_steps=7",
+                 "--set", "data.detect.box_threshold=0.3"]) == 0
+    text = capsys.readouterr().out
+    tree = yaml.safe_load(text)
+    assert tree["train"]["pretrain"]["max_steps"] == 7 and tree["data"]["detect"]["box_threshold"] == 0.3
+    assert tree["train"]["tune"]["lr"]["unet"] == 1.0e-3  # from the profile file
+    assert tree["eval"]["sampler"]["timestep_spacing"] == "trailing"  # a default the file does not set
+    (tmp_path / "shown.yaml").write_text(text)
+    expected = load_profile("tiny", {"train.pretrain.max_steps": 7, "data.detect.box_threshold": 0.3})
+    assert config_hash(load_profile(str(tmp_path / "shown.yaml"))) == config_hash(expected)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["profile", "show", "nope"], "unknown profile 'nope'"),
+    (["profile", "show", "tiny", "--set", "train.tune.batch_size=0"], "train.tune.batch_size"),
+])
+def test_profile_show_rejects_a_bad_profile_with_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("mumu: error:") and needle in err[0], err
+    assert captured.out == ""

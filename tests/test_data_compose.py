@@ -8,21 +8,21 @@ from PIL import Image
 
 from data_schemas import ImageSegment, TextSegment
 from mumu.config.data import ComposeConfig, EntitiesConfig
-from mumu.data.compose import build_prompts, compose_sample, crop_rules, int_box, is_text_only
+from mumu.data.compose import build_prompts, compose_sample, crop_rules, int_box
 from mumu.data.entities import find_entities
 from mumu.data.oracle import GroundTruth
 from mumu.data.scenes import render_scene
 from mumu.data.work import Entity
 
 EMOJI = Path(__file__).resolve().parent.parent / "mumu" / "samples" / "emoji"
-NO_TEXT_ONLY = ComposeConfig(min_crop_side=8, text_only_share=0.0)
+SMALL_CROPS = ComposeConfig(min_crop_side=8)
 
 
 def noise_image(w=64, h=48, seed=0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-def compose(image, caption, entities, masks, cfg=NO_TEXT_ONLY, key="k"):
+def compose(image, caption, entities, masks, cfg=SMALL_CROPS, key="k"):
     return compose_sample(
         key=key, source="src", image=image, caption=caption, caption_source="given",
         entities=entities, masks=masks, cfg=cfg,
@@ -92,20 +92,17 @@ def test_crop_rules_small_large_and_limit():
     assert counts == {"crops_small": 1, "crops_kept": 1}
 
 
-def test_text_only_share_is_deterministic_and_close_to_configured():
-    keys = [f"{i:016x}" for i in range(4000)]
-    picks = [is_text_only(0, k, 0.1) for k in keys]
-    assert abs(sum(picks) / len(keys) - 0.1) < 0.015
-    assert picks == [is_text_only(0, k, 0.1) for k in reversed(keys)][::-1]  # order-independent
-    assert [is_text_only(1, k, 0.1) for k in keys] != picks  # the seed matters
-    assert not any(is_text_only(0, k, 0.0) for k in keys) and all(is_text_only(0, k, 1.0) for k in keys)
-    key = next(k for k, p in zip(keys, picks) if p)
+def test_every_sample_keeps_its_multimodal_prompts_and_its_caption():
+    # The text-only share is drawn at training time (train.<stage>.text_only_share): no key is made
+    # text-only here, so every sample can be trained with its images or its caption.
     ent = [Entity("dog", (2, 5), (0, 0, 40, 40), 1.0)]
-    composed, counts = compose(noise_image(), "a dog", ent, np.ones((1, 48, 64), bool),
-                               ComposeConfig(min_crop_side=8, text_only_share=0.1), key=key)
-    r = composed.record
-    assert r.text_only and counts["text_only"] == 1
-    assert r.prompt_mumu == r.prompt_unimo == [TextSegment(text="a dog")]
+    for i in range(200):
+        composed, counts = compose(noise_image(), "a dog", ent, np.ones((1, 48, 64), bool), key=f"{i:016x}")
+        r = composed.record
+        assert not r.text_only and "text_only" not in counts and r.caption == "a dog"
+        assert r.prompt_mumu == [TextSegment(text="a "), ImageSegment(ref="crop_0.png", entity=0),
+                                 TextSegment(text="dog")]
+        assert r.prompt_unimo == [TextSegment(text="a "), ImageSegment(ref="segment_0.png", entity=0)]
 
 
 def test_bad_masks_are_rejected():

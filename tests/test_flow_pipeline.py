@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from mumu.config import config_hash, load_profile
+
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 SMALL = {
@@ -33,6 +35,9 @@ def test_pipeline_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path):
     assert {r["Benchmark"] for r in report["rows"]} == {"toy-single", "toy-multi"}
     assert all(-1 <= r["DINO"] <= 1 and -1 <= r["CLIP-T"] <= 1 for r in report["rows"])
     assert result["report"] == str(tmp_path / "eval" / "report.md")
+    resolved = config_hash(load_profile("tiny", SMALL))
+    for folder in ("", "data", "pretrain", "tune", "eval"):  # every run folder holds the config it ran with
+        assert config_hash(load_profile(str(tmp_path / folder / "config.yaml"))) == resolved, folder
     with get_client(sync_client=True) as client:
         artifact = client.read_latest_artifacts(limit=50)
     assert {"evaluation", "build-data-counts"} <= {a.key for a in artifact}

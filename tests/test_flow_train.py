@@ -29,7 +29,7 @@ def shards(tmp_path_factory):
         scene.image.save(root / f"s{i}.png")
         rows.append(json.dumps({"image": f"s{i}.png", "caption": scene.caption}))
     (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
-    cfg = load_profile("tiny", {"data.compose.text_only_share": 0.0})
+    cfg = load_profile("tiny")
     manifest, _ = stages.run_local(root, out, cfg.data, None, oracle, oracle, "test")
     assert manifest.written == 8
     return out
@@ -43,6 +43,9 @@ def test_pretrain_then_tune_flows_write_models_and_resume(shards, tmp_path):
     assert first["steps"] == 3 and first["resumed_from"] == 0
     assert (tmp_path / "pre" / "model" / "mumu_config.json").is_file()
     assert sorted(p.name for p in (tmp_path / "pre" / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    ran = load_profile(str(tmp_path / "pre" / "config.yaml"))  # the resolved config, --max-steps included
+    assert ran.train.pretrain.max_steps == 3 and ran.train.pretrain.checkpoint_every == 2
+    assert ran.model_dump() == load_profile("tiny", {**FAST, "train.pretrain.max_steps": 3}).model_dump()
 
     again = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=FAST, max_steps=3)
     assert again["resumed_from"] == 3 and again["final_loss"] == first["final_loss"]  # nothing retrained
@@ -52,6 +55,27 @@ def test_pretrain_then_tune_flows_write_models_and_resume(shards, tmp_path):
     tuned = tune(data=str(shards), init=str(tmp_path / "pre"), out=str(tmp_path / "tune"), overrides=FAST,
                  attn_loss_weight=1.0, max_steps=2)
     assert tuned["steps"] == 2 and Path(tuned["model"]).is_dir()
+    ran = load_profile(str(tmp_path / "tune" / "config.yaml"))
+    assert (ran.train.tune.max_steps, ran.train.tune.attn_loss.weight) == (2, 1.0)
+
+
+def test_a_resumed_run_says_so_in_its_log_and_final_line(shards, tmp_path, capfd, caplog):
+    from mumu.cli import main
+
+    argv = ["pretrain", "--data", str(shards), "--out", str(tmp_path / "run")]
+    argv += [a for k, v in FAST.items() for a in ("--set", f"{k}={v}")]
+    assert main([*argv, "--max-steps", "2"]) == 0
+    out, err = capfd.readouterr()
+    assert out.strip().splitlines()[-1].startswith("pretrain: 2 steps, final loss")
+    assert "resumed from" not in "\n".join([out, err, *caplog.messages])
+    caplog.clear()
+    assert main([*argv, "--max-steps", "4"]) == 0
+    out, err = capfd.readouterr()
+    final = out.strip().splitlines()[-1]
+    assert final.startswith("pretrain: 4 steps (resumed from step 2), final loss"), final
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000002"
+    # The run's log: Prefect's console handler (stderr) or, once pytest's log capture holds it, caplog.
+    assert f"pretrain: resumed from step 2 ({checkpoint})" in "\n".join([out, err, *caplog.messages])
 
 
 def test_crash_mid_stage_is_healed_by_the_task_retry_with_identical_losses(shards, tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ def test_multi_node_options_name_every_process_and_the_rank0_machine():
     ({"runtime.train_machines": 2, "runtime.train_main_address": "node0"}, "host:port"),
     ({"runtime.train_machines": 2, "runtime.train_main_address": "node0:29500", "runtime.train_machine_rank": 2},
      "train_machine_rank must be in [0, 2)"),
-    ({"runtime.train_processes": 0}, "at least 1"),
+    ({"runtime.train_processes": 0}, "runtime.train_processes: Input should be greater than or equal to 1"),
 ])
 def test_bad_multi_node_settings_are_one_line_user_errors(overrides, message):
     with pytest.raises(UserError) as info:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# torch.manual_seed and numpy's SeedSequence take non-negative seeds below 2**64; one bound for every seed.
+SEED_MAX = 2**63 - 1
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "resources"
 
 
 class StrictModel(BaseModel):
-    """A config section: unknown keys are errors (a typo must not silently fall back to a default)."""
+    """A config section: unknown keys are errors (a typo must not silently fall back to a default).
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    Every number carries its bounds (`Field(ge=..., le=...)`), so a bad value fails when the profile is
+    loaded, naming the field, instead of deep inside a run; NaN and infinity are never valid.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class ModelSource(StrictModel):
@@ -32,8 +38,8 @@ class ModelSource(StrictModel):
     revision: str | None = None
     subfolder: str | None = None  # e.g. "unet" inside an SDXL repository
     config: dict[str, Any] | None = None
-    seed: int = 0
-    dtype: str = "float32"
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # models/hf.py torch_dtype
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSource":

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mumu.config.base import ModelSource, StrictModel
 
 
 class IngestConfig(StrictModel):
     images_per_shard: int = Field(64, ge=1)  # one input shard → one output tar
-    max_image_pixels: int = 64_000_000  # decompression-bomb guard: larger images are quarantined
-    min_side: int = 32  # smaller images are quarantined
-    max_side: int = 1024  # larger images are downscaled (aspect kept) after decoding
-    min_file_bytes: int = 1
-    max_file_bytes: int = 200_000_000  # larger files are quarantined without being read into memory
+    max_image_pixels: int = Field(64_000_000, ge=1)  # decompression-bomb guard: larger images are quarantined
+    min_side: int = Field(32, ge=1)  # smaller images are quarantined
+    max_side: int = Field(1024, ge=8)  # larger images are downscaled (aspect kept) after decoding
+    min_file_bytes: int = Field(1, ge=1)
+    max_file_bytes: int = Field(200_000_000, ge=1)  # larger files are quarantined without being read into memory
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "IngestConfig":
+        # Inverted ranges would quarantine every input with a reason that blames the data, not the config.
+        if self.min_file_bytes > self.max_file_bytes:
+            raise ValueError(f"min_file_bytes {self.min_file_bytes} > max_file_bytes {self.max_file_bytes}")
+        return self
 
 
 class CaptionConfig(StrictModel):
@@ -61,16 +68,16 @@ class SegmentConfig(StrictModel):
 
 
 class ComposeConfig(StrictModel):
-    min_crop_side: int = 32  # MUMU: crops smaller than this are dropped
-    max_crop_fraction: float = 0.75  # MUMU: crops covering more of the image than this are dropped
-    max_images_per_prompt: int = 3  # MUMU: at most 3 crops per prompt
-    text_only_share: float = 0.10  # share of samples whose prompt stays text-only
-    seed: int = 0
+    min_crop_side: int = Field(32, ge=1)  # MUMU: crops smaller than this are dropped
+    max_crop_fraction: float = Field(0.75, gt=0.0, le=1.0)  # MUMU: crops covering more of the image than this are dropped
+    max_images_per_prompt: int = Field(3, ge=1)  # MUMU: at most 3 crops per prompt
+    # No text-only share here: every sample keeps its multimodal prompts and its caption, and training
+    # picks the caption for `train.<stage>.text_only_share` of the draws (see mumu/config/train.py).
 
 
 class WriteConfig(StrictModel):
     image_format: Literal["png", "jpg"] = "png"  # target image; crops, segments, masks are always PNG
-    jpeg_quality: int = 95
+    jpeg_quality: int = Field(95, ge=1, le=100)  # Pillow's JPEG quality scale
 
 
 class DataConfig(StrictModel):

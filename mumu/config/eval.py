@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from mumu.config.base import ModelSource, StrictModel
+from mumu.config.base import SEED_MAX, ModelSource, StrictModel
 
 
 class SamplerConfig(StrictModel):
@@ -17,13 +17,17 @@ class SamplerConfig(StrictModel):
     steps: int = Field(50, ge=1)
     # Classifier-free guidance against the empty prompt; <= 1 means no guidance (the uncond pass is skipped).
     guidance_scale: float = Field(7.5, ge=0)
-    height: int | None = Field(None, ge=1)  # None = the decoder's training resolution
-    width: int | None = Field(None, ge=1)
+    # None = the decoder's training resolution; latents are 1/8 of the pixels for SDXL's VAE.
+    height: int | None = Field(None, ge=8, multiple_of=8)
+    width: int | None = Field(None, ge=8, multiple_of=8)
     # Where the sampling timesteps sit in [0, T): "trailing" starts at T-1, the noise level the sampler
     # starts from (Lin et al. 2024, "Common diffusion noise schedules ... are flawed"); it matters at the
     # few steps of the tiny profile. SDXL's published scheduler uses "leading" (+ steps_offset=1).
     timestep_spacing: Literal["leading", "linspace", "trailing"] = "trailing"
     batch_size: int = Field(8, ge=1)  # images per denoising batch (the UNet sees 2x this with guidance)
+    # SDXL micro-conditioning's original size (a square side) told to the UNet. None = the size the model was
+    # trained on most often (recorded in its model folder), else the target size (mumu/size_conditioning.py).
+    original_size: int | None = Field(None, ge=8)
 
 
 class BenchmarkConfig(StrictModel):
@@ -36,12 +40,12 @@ class BenchmarkConfig(StrictModel):
     max_subjects: int | None = Field(None, ge=1)  # first N subjects in sorted order; None = all
     max_templates: int | None = Field(None, ge=1)  # first N prompt templates of each kind; None = all
     # MultiBench-style: this many subject combinations of each size, drawn under `seed`.
-    multi_sizes: tuple[int, ...] = (2, 3)
+    multi_sizes: tuple[Annotated[int, Field(ge=2)], ...] = (2, 3)  # 1 subject is the single benchmark
     multi_combinations: int = Field(8, ge=1)
     # Fidelity references of a single-subject item: "input" = the image put in the prompt (KOSMOS-G's
     # scripts), "subject" = every image of that subject (DreamBooth's DINO / CLIP-I protocol).
     references: Literal["input", "subject"] = "input"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 class FidConfig(StrictModel):
@@ -67,7 +71,7 @@ class EvalConfig(StrictModel):
     sampler: SamplerConfig = SamplerConfig()
     samples_per_prompt: int = Field(4, ge=1)
     chunk_size: int = Field(16, ge=1)  # prompts per generation task
-    seed: int = 0  # per-item sampling seeds derive from this and the item id
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # per-item sampling seeds derive from this and the item id
     dino: ModelSource  # DINO ViT-S/16 features (transformers ViTModel)
     clip: ModelSource  # CLIP ViT-B/32 (transformers CLIPModel)
     batch_size: int = Field(32, ge=1)  # images per encoder forward pass (DINO, CLIP, FID features)

@@ -11,9 +11,9 @@ from mumu.config.base import ModelSource, StrictModel
 
 class LoraConfig(StrictModel):
     enabled: bool = False
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
@@ -22,7 +22,7 @@ class EncoderConfig(StrictModel):
     # MUMU: bypass the perceiver resampler so each image keeps `image_tokens` tokens
     # (patch features projected to the LM width and pooled); False = Idefics2's own resampler.
     bypass_resampler: bool = True
-    image_tokens: int = 64
+    image_tokens: int = Field(64, ge=1)
     freeze_vision: bool = True
     train_language_model: Literal["frozen", "lora", "full"] = "lora"
     lora: LoraConfig = LoraConfig(enabled=True)
@@ -31,7 +31,7 @@ class EncoderConfig(StrictModel):
     lora_projector: bool = True
     # Longest prompt in tokens (image tokens included). Longer prompts are cut at a segment boundary:
     # an image whose tokens would be cut is dropped whole, with its entity mask.
-    max_text_tokens: int = 256
+    max_text_tokens: int = Field(256, ge=1)
     # Which side prompts are padded on in a batch; position ids follow the attention mask, so both
     # sides give the same hidden states for the real tokens.
     padding_side: Literal["left", "right"] = "right"
@@ -53,12 +53,18 @@ class EncoderConfig(StrictModel):
 
 
 class ConnectorConfig(StrictModel):
-    layers: int = 2
-    heads: int = 8
-    width: int = 1024
-    dropout: float = 0.0
+    layers: int = Field(2, ge=1)  # torch's TransformerEncoder needs at least one layer
+    heads: int = Field(8, ge=1)
+    width: int = Field(1024, ge=1)  # a multiple of heads (checked below)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # pooled vector for SDXL's text_time conditioning: "mean" over non-padding tokens, or "last" token.
     pooling: Literal["mean", "last"] = "mean"
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ConnectorConfig":
+        if self.width % self.heads:
+            raise ValueError(f"connector.width {self.width} must be a multiple of connector.heads {self.heads}")
+        return self
 
 
 class DecoderConfig(StrictModel):
@@ -66,11 +72,11 @@ class DecoderConfig(StrictModel):
     vae: ModelSource  # diffusers AutoencoderKL
     train: Literal["frozen", "lora", "full"] = "full"
     lora: LoraConfig = LoraConfig(enabled=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    resolution: int = 1024
-    num_train_timesteps: int = 1000
+    resolution: int = Field(1024, ge=8, multiple_of=8)  # the VAE downsamples by up to 8
+    num_train_timesteps: int = Field(1000, ge=2)
     beta_schedule: str = "scaled_linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
+    beta_start: float = Field(0.00085, gt=0.0, lt=1.0)
+    beta_end: float = Field(0.012, gt=0.0, lt=1.0)  # > beta_start (checked below)
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     # Zero terminal SNR (Lin et al. 2024): rescale the betas so the last timestep is pure noise, as the sampler
     # assumes. Needs v_prediction (epsilon is undefined at SNR 0). Without it the model learns that some of the
@@ -84,6 +90,8 @@ class DecoderConfig(StrictModel):
             raise ValueError("decoder.lora.enabled must be true exactly when train is 'lora'")
         if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
             raise ValueError("decoder.rescale_betas_zero_snr needs prediction_type v_prediction (epsilon is undefined at SNR 0)")
+        if self.beta_start >= self.beta_end:
+            raise ValueError(f"decoder.beta_start {self.beta_start} must be below beta_end {self.beta_end}")
         return self
 
 

@@ -71,10 +71,18 @@ def load_profile(name_or_path: str = "tiny", overrides: dict[str, Any] | None = 
     try:
         return ProfileConfig.model_validate(tree)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise UserError(f"profile {path.name}: {where}: {first['msg']}{more}") from None
+        errors = [(_where(e["loc"]), e["msg"], len(e["loc"])) for e in exc.errors()]
+        # A value of a union field (e.g. "all" | list of ints) fails once per branch: the deepest error is the
+        # branch that matched the value's type, e.g. "layers.0: ... greater than or equal to 1", not "should be 'all'".
+        where, msg, _ = max(errors, key=lambda e: e[2])
+        others = len({w for w, _, _ in errors} - {where})
+        more = f" (and {others} more)" if others else ""
+        raise UserError(f"profile {path.name}: {where}: {msg}{more}") from None
+
+
+def _where(loc: tuple) -> str:
+    """Dotted field path of a validation error, without pydantic's union-branch tags ("list[int]")."""
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or "(" in p))) or "(top level)"
 
 
 def config_hash(config: StrictModel) -> str:

@@ -4,38 +4,36 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
-from mumu.config.base import StrictModel
+from mumu.config.base import SEED_MAX, StrictModel
 
 
 class RuntimeConfig(StrictModel):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     # "auto" picks cuda when present, else cpu.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Data stages map over shards with this Prefect task runner. "thread" is Prefect's default
     # ThreadPoolTaskRunner; "dask" is prefect-dask's DaskTaskRunner (a local cluster of `workers`
     # processes, one model replica each — or an existing cluster at `dask_address`).
     task_runner: Literal["thread", "dask"] = "thread"
-    workers: int = 1
+    workers: int = Field(1, ge=1)
     dask_address: str | None = None
     # Torch intra-op threads per worker (0 = torch's default).
-    torch_threads: int = 0
+    torch_threads: int = Field(0, ge=0)
     # Training processes per machine (one per GPU) under `accelerate launch`; 1 on 1 machine = train
     # inside the Prefect task.
-    train_processes: int = 1
+    train_processes: int = Field(1, ge=1)
     # Multi-node training: every machine runs the same stage (its own worker, the same `out` on shared
     # storage) with its own `train_machine_rank`; rank 0 listens at `train_main_address` ("host:port").
-    train_machines: int = 1
-    train_machine_rank: int = 0
+    train_machines: int = Field(1, ge=1)
+    train_machine_rank: int = Field(0, ge=0)  # < train_machines (checked below)
     train_main_address: str | None = None
-    task_retries: int = 2
-    task_retry_delay_seconds: float = 1.0
+    task_retries: int = Field(2, ge=0)
+    task_retry_delay_seconds: float = Field(1.0, ge=0.0)
 
     @model_validator(mode="after")
     def _multi_node(self) -> "RuntimeConfig":
-        if self.train_processes < 1 or self.train_machines < 1:
-            raise ValueError("train_processes and train_machines must be at least 1")
         if not 0 <= self.train_machine_rank < self.train_machines:
             raise ValueError(f"train_machine_rank must be in [0, {self.train_machines}) for "
                              f"train_machines={self.train_machines}")

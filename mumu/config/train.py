@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from mumu.config.base import StrictModel
+from mumu.config.base import SEED_MAX, StrictModel
 
 
 class LearningRates(StrictModel):
     # MUMU: connector 1e-5; LoRA 3e-6 (encoder) / 5e-6 (UNet).
-    connector: float = 1e-5
-    encoder: float = 3e-6
-    unet: float = 5e-6
+    # 0 leaves a group's weights where they are (they still get gradients: freeze in the model config).
+    connector: float = Field(1e-5, ge=0.0)
+    encoder: float = Field(3e-6, ge=0.0)
+    unet: float = Field(5e-6, ge=0.0)
 
 
 class AttnLossConfig(StrictModel):
     """UNIMO-G visual-enhanced learning: L1 between entity cross-attention maps and masks."""
 
-    weight: float = 0.0
+    weight: float = Field(0.0, ge=0.0)
     # Which attn2 layers to read: "all", or resolutions in latent pixels (e.g. [16, 32]).
-    layers: Literal["all"] | list[int] = "all"
+    layers: Literal["all"] | list[Annotated[int, Field(ge=1)]] = "all"
     # How an entity's tokens are reduced: "mean" over its tokens, or "sum" (total attention mass).
     token_reduce: Literal["mean", "sum"] = "sum"
 
@@ -37,34 +38,39 @@ class AugmentConfig(StrictModel):
 
 
 class StageConfig(StrictModel):
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 1000
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_steps: int = Field(1000, ge=1)
     lr: LearningRates = LearningRates()
-    warmup_steps: int = 100
+    warmup_steps: int = Field(100, ge=0)
     # diffusers.optimization.get_scheduler name, applied after the linear warmup.
     lr_schedule: Literal["constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
-    max_grad_norm: float = 1.0
-    weight_decay: float = 1e-2
-    cfg_dropout: float = 0.1  # share of samples trained with the empty condition (classifier-free guidance)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    cfg_dropout: float = Field(0.1, ge=0.0, le=1.0)  # share of samples trained with the empty condition (classifier-free guidance)
     # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' training scripts' --snr_gamma): caps the weight
-    # of low-noise timesteps, where the target is nearly given by the input, so the steps that decide layout and
-    # colour (high noise, where the condition matters) are not outweighed. None = plain MSE.
+    # of low-noise timesteps, where the target is nearly given by the input. None = plain MSE. Off in the tiny
+    # profile: with v targets it also weighs the high-noise steps, where the condition decides the picture,
+    # down towards zero, and it slowed learning of the condition there (docs/recipe.md).
     snr_gamma: float | None = Field(None, gt=0)
-    ema_decay: float | None = None
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # None = no EMA
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3  # newest checkpoints kept on disk (older ones are deleted after a save)
-    sample_every: int = 500
-    sample_steps: int = 4  # denoising steps of the periodic preview grid (deterministic DDIM)
-    log_every: int = 10
+    checkpoint_every: int = Field(500, ge=1)  # the last step is always saved too
+    keep_checkpoints: int = Field(3, ge=1)  # newest checkpoints kept on disk (older ones are deleted after a save)
+    sample_every: int = Field(500, ge=0)  # 0 = no preview grids
+    sample_steps: int = Field(4, ge=1)  # denoising steps of the periodic preview grid (deterministic DDIM)
+    log_every: int = Field(10, ge=1)
     shuffle_buffer: int = Field(256, ge=1)  # raw samples held for shuffling (per loader worker)
     loader_workers: int = Field(0, ge=0)  # torch DataLoader workers; the sample order depends on this number
     prompt_mode: Literal["text", "mumu", "unimo"] = "text"
-    text_only_share: float = Field(0.1, ge=0.0, le=1.0)  # extra multimodal samples trained on the caption alone
+    # Share of draws trained on the plain caption instead of the multimodal prompt (UNIMO-G: 10 %). The one
+    # knob for it: the data stage writes every sample with both, and the loader flips this coin per draw,
+    # so every sample is seen with its images on the other draws, and the share can change per stage or
+    # run without rebuilding the data (mumu/train/data.py `_view`). No effect with prompt_mode "text".
+    text_only_share: float = Field(0.1, ge=0.0, le=1.0)
     attn_loss: AttnLossConfig = AttnLossConfig()
     augment: AugmentConfig = AugmentConfig(share=0.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 class TrainConfig(StrictModel):

@@ -7,12 +7,12 @@ side is < `min_crop_side` or whose box covers more than `max_crop_fraction` of t
 the first `max_images_per_prompt`. Two prompts are built from the same kept entities:
 - MUMU: the crop is inserted *before* its entity's words ("a <crop> cactus and a <crop> hot dog");
 - UNIMO-G: the masked segment *replaces* its entity's words ("a <segment> and a <segment>").
-A seeded hash of (seed, key) picks the text-only share: deterministic and independent of order.
+Every sample keeps both prompts and its caption: which one a training step uses, including the share of
+caption-only steps (`train.<stage>.text_only_share`), is decided by the training loader.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 
@@ -38,12 +38,6 @@ def int_box(box, width: int, height: int) -> tuple[int, int, int, int] | None:
         min(max(math.ceil(y1), 0), height),
     )
     return b if b[2] > b[0] and b[3] > b[1] else None
-
-
-def is_text_only(seed: int, key: str, share: float) -> bool:
-    """True for about `share` of keys: a uniform number from sha256(seed, key), not from a RNG stream."""
-    h = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big")
-    return h / 2**64 < share
 
 
 def crop_rules(boxes: list[tuple[int, int, int, int]], width: int, height: int, cfg: ComposeConfig) -> list[str]:
@@ -118,7 +112,6 @@ def compose_sample(
         raise ValueError(f"masks shape {got} != ({len(entities)}, {h}, {w})")
     boxes = [e.box for e in entities]
     decisions = crop_rules(boxes, w, h, cfg)
-    text_only = is_text_only(cfg.seed, key, cfg.text_only_share)
     images: dict[str, Image.Image] = {f"image.{image_ext}": image}
     records: list[EntityRecord] = []
     refs: dict[int, tuple[str, str]] = {}
@@ -141,10 +134,8 @@ def compose_sample(
             )
         )
         counts[f"crops_{decision}"] += 1
-        if decision == "kept" and not text_only:
+        if decision == "kept":
             refs[i] = (crop, seg)
-    if text_only:
-        counts["text_only"] += 1
     mumu, unimo = build_prompts(caption, records, refs)
     record = SampleRecord(
         key=key,
@@ -155,7 +146,6 @@ def compose_sample(
         caption=caption,
         caption_source=caption_source,
         entities=records,
-        text_only=text_only,
         prompt_mumu=mumu,
         prompt_unimo=unimo,
     )

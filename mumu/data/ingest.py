@@ -8,7 +8,9 @@ Inputs (one path or a list of paths):
   detector and segmenter (as a dataset with human labels would); the others go through the models;
 - webdataset `.tar` files (given directly, or found in a folder): image members by extension, the
   caption from the same sample's `.txt` member or the "caption" field of its `.json` member.
-  Members are read as bytes only: nothing is extracted to disk and nothing is unpickled.
+  Members are read as bytes only: nothing is extracted to disk (so a name like "../x.png" or "/etc/x.png"
+  is only a label) and nothing is unpickled. An image-named member that is not a regular file (symlink,
+  hard link, directory, device) is an input with an `error`: it is quarantined, never followed.
 
 Planning is deterministic: inputs are sorted by their source name and cut into shards of
 `images_per_shard`. Bad caption rows (malformed JSON, missing or escaping file, duplicates) become
@@ -43,10 +45,28 @@ def _split_member(name: str) -> tuple[str, str]:
     return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :].lower())
 
 
+def not_regular(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member is not a regular file (the quarantine reason), or None for a regular file.
+
+    Links are not followed: a symlink's target may lie outside the archive, and a hard link would make a
+    second sample of another member's bytes."""
+    if member.isfile():
+        return None
+    if member.issym():
+        return f"not a regular file: symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"not a regular file: hard link to {member.linkname!r}"
+    if member.isdir():
+        return "not a regular file: directory"
+    kind = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo"}
+    return f"not a regular file: {kind.get(member.type, f'tar member type {member.type!r}')}"
+
+
 def _tar_refs(tar_path: Path, label: str) -> list[InputRef]:
     try:
         with tarfile.open(tar_path, "r:*") as tf:
-            members = [m.name for m in tf.getmembers() if m.isfile()]
+            # By name, the last entry wins, as in tarfile's own getmember (used when the member is read).
+            members = {m.name: m for m in tf.getmembers()}
     except (tarfile.TarError, OSError, EOFError) as exc:
         return [InputRef(source=label, path=str(tar_path), error=f"unreadable tar ({exc})")]
     by_key: dict[str, dict[str, str]] = {}
@@ -56,15 +76,18 @@ def _tar_refs(tar_path: Path, label: str) -> list[InputRef]:
     refs = []
     for key in sorted(by_key):
         exts = by_key[key]
-        caption_member = exts.get("txt") or exts.get("json")
+        captions = [exts[e] for e in ("txt", "json") if e in exts and members[exts[e]].isfile()]
         for ext in sorted(exts):
             if ext.rsplit(".", 1)[-1] in IMAGE_EXTS:
+                name = exts[ext]
+                error = not_regular(members[name])
                 refs.append(
                     InputRef(
-                        source=f"{label}#{exts[ext]}",
+                        source=f"{label}#{name}",
                         path=str(tar_path),
-                        member=exts[ext],
-                        caption_member=caption_member,
+                        member=None if error else name,
+                        caption_member=None if error or not captions else captions[0],
+                        error=error,
                     )
                 )
     return refs
@@ -230,7 +253,8 @@ def read_refs(
                         yield ref, Path(ref.path).read_bytes(), ref.caption, None
                     continue
                 tf = open_tars.get(ref.path) or open_tars.setdefault(ref.path, tarfile.open(ref.path, "r:*"))
-                if err := too_big(tf.getmember(ref.member).size):
+                info = tf.getmember(ref.member)
+                if err := not_regular(info) or too_big(info.size):  # the tar may have changed since planning
                     yield ref, None, None, err
                     continue
                 data = tf.extractfile(ref.member).read()

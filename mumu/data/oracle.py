@@ -1,4 +1,4 @@
-"""Ground-truth "models" with the detector/segmenter contract of TEAM.md.
+"""Ground-truth "models": GroundTruth is a DetectionModel and a SegmentationModel (mumu/data/contracts.py).
 
 They answer from known annotations (composed emoji scenes) instead of a network: used by tests to check
 that compose reproduces ground truth exactly, and by ablations as an upper bound ("oracle" boxes and
@@ -18,7 +18,7 @@ from mumu.data.entities import same_phrase
 
 @dataclass(frozen=True)
 class OracleDetection:
-    """Same fields as models.detector.Detection (duck-typed by the stages)."""
+    """A contracts.BoxDetection, with the same fields as models.detector.Detection."""
 
     phrase_index: int
     box: tuple[float, float, float, float]

@@ -7,9 +7,9 @@ Each stage returns a new ShardWork; an item that fails in a stage (undecodable, 
 error on that item, ...) leaves `items` for `quarantined` with the stage and a reason, so at the end
 `inputs == written + quarantined` holds per shard (asserted before writing) and overall.
 
-Models are duck-typed (TEAM.md): captioner.caption(images) -> list[str];
-detector.detect(images, phrases) -> list[list[Detection]]; segmenter.segment(images, boxes) ->
-list[bool ndarray [n, H, W]]. A model call covers the whole shard (the model batches by its config);
+Models are anything with the methods of mumu/data/contracts.py: CaptionModel.caption(images) -> list[str];
+DetectionModel.detect(images, phrases) -> per image a list of BoxDetection; SegmentationModel.segment(images,
+boxes) -> list[bool ndarray [n, H, W]]. A model call covers the whole shard (the model batches by its config);
 if it raises, items are retried one by one so only the failing ones are quarantined — unless every
 item fails, which means the model (not the data) is broken, and the error propagates.
 """
@@ -29,11 +29,12 @@ from mumu.config import config_hash as hash_config
 from mumu.config.data import ComposeConfig, DataConfig, EntitiesConfig, IngestConfig
 from mumu.data import entities as _entities
 from mumu.data.compose import compose_sample, int_box
+from mumu.data.contracts import CaptionModel, DetectionModel, SegmentationModel
 from mumu.data.decode import BadInput, decode_image
-from mumu.data.ingest import plan_shards, read_refs
-from mumu.data.shards import shard_done, write_manifest, write_shard
 from mumu.data.entities import same_phrase
+from mumu.data.ingest import plan_shards, read_refs
 from mumu.data.scenes import rle_to_mask
+from mumu.data.shards import shard_done, write_manifest, write_shard
 from mumu.data.work import Composed, Entity, GivenObject, InputShard, Item, ShardWork
 
 __all__ = [
@@ -126,7 +127,7 @@ def ingest(shard: InputShard, cfg: IngestConfig) -> ShardWork:
                                   "annotated": annotated})
 
 
-def caption(work: ShardWork, captioner) -> ShardWork:
+def caption(work: ShardWork, captioner: CaptionModel | None) -> ShardWork:
     """Caption the items that came without one (`captioner` may be None when every item has one)."""
     todo = [i for i, it in enumerate(work.items) if not it.caption]
     if not todo:
@@ -179,7 +180,7 @@ def _given_mask(obj: GivenObject, image_size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def detect(work: ShardWork, detector) -> ShardWork:
+def detect(work: ShardWork, detector: DetectionModel) -> ShardWork:
     """Best box per entity phrase, as integer pixel boxes; entities with no detection are dropped.
     Annotated items take the box of the given object with the phrase's name (score 1.0) instead; a phrase
     the annotation does not list is dropped like an undetected one."""
@@ -227,7 +228,7 @@ def detect(work: ShardWork, detector) -> ShardWork:
     return work.next(items, bad, dict(c))
 
 
-def segment(work: ShardWork, segmenter) -> ShardWork:
+def segment(work: ShardWork, segmenter: SegmentationModel) -> ShardWork:
     """One full-image bool mask per detected entity (stored as [n, H, W] on the item); annotated items take
     the given masks."""
     items = list(work.items)
@@ -314,7 +315,8 @@ def write(work: ShardWork, out_dir: str | Path, cfg: DataConfig) -> ShardReport:
     )
 
 
-def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner, detector, segmenter) -> ShardReport:
+def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
+              segmenter: SegmentationModel) -> ShardReport:
     """All stages of one shard in order (what the flow does per shard, without Prefect)."""
     work = ingest(shard, cfg.ingest)
     work = caption(work, captioner)
@@ -326,7 +328,8 @@ def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner, detector, 
 
 
 def run_local(
-    input_path, out_dir, cfg: DataConfig, captioner, detector, segmenter, config_hash: str
+    input_path, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
+    segmenter: SegmentationModel, config_hash: str
 ) -> tuple[Manifest, list[int]]:
     """Plan, run every unfinished shard sequentially, write the manifest → (manifest, shards run now)."""
     reports, ran = [], []

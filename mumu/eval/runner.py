@@ -117,7 +117,8 @@ def generate_chunk(items: list[BenchItem], generate_fn: GenerateFn | None, out_d
 
 def generate_benchmark(bench: Benchmark, generate_fn: GenerateFn | None, out_dir: str | Path, cfg: EvalConfig,
                        *, generate_batch_fn: GenerateBatchFn | None = None) -> list[ChunkResult]:
-    """Every chunk of `bench` in order (the lead may map `generate_chunk` over chunks instead)."""
+    """Every chunk of `bench` in order, in this process (flows/evaluate.py instead maps tasks/evaluate.py's
+    `generate_chunk` task over the chunks)."""
     return [generate_chunk(items, generate_fn, out_dir, i, cfg, generate_batch_fn=generate_batch_fn)
             for i, items in enumerate(chunk(bench.items, cfg.chunk_size))]
 

@@ -275,6 +275,10 @@ def _decode_valid(raws, prompt_mode: str, stats: LoaderStats, guard: _Guard):
 
 
 def _view(d: _Decoded, stage: StageConfig, rng: np.random.Generator, stats: LoaderStats) -> Example:
+    # The one text-only coin (UNIMO-G trains 10 % of steps on the plain caption). It is drawn here, per draw,
+    # rather than fixed per sample by the data stage: each sample is then seen with its images on the other
+    # draws, and the share is a training choice (per stage, per run) that needs no data rebuild.
+    # `d.text_only` is only ever true for shards written before the share moved here.
     to_text = rng.random() < stage.text_only_share  # always drawn: keeps later draws independent of mode
     if stage.prompt_mode == "text" or d.text_only or to_text:
         if stage.prompt_mode != "text":

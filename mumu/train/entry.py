@@ -25,6 +25,18 @@ def result_summary(result) -> dict:
             "seconds": round(result.seconds, 2)}
 
 
+def resumed_line(stage: str, step: int, checkpoint) -> str:
+    """The log line of a run that continues from a checkpoint (the same under a Prefect task and accelerate)."""
+    return f"{stage}: resumed from step {step} ({checkpoint})"
+
+
+def final_line(result: dict) -> str:
+    """The one line a finished stage ends with (the CLI prints it)."""
+    resumed = f" (resumed from step {result['resumed_from']})" if result.get("resumed_from") else ""
+    return (f"{result['stage']}: {result['steps']} steps{resumed}, final loss {result['final_loss']:.4f}; "
+            f"model in {result['model']}")
+
+
 def _say(line: str) -> None:
     """One write per line: the ranks share the launcher's unbuffered pipe (see mumu.launch.run_launcher)."""
     sys.stdout.write(line + "\n")
@@ -50,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_profile(args.profile, json.loads(args.overrides))
         result = train(args.stage, cfg, shard_urls(args.data), args.out, init=args.init, resume=args.resume,
                        max_steps=args.max_steps,
-                       on_log=lambda step, m: _say(f"{args.stage} step {step}: loss {m['loss']:.4f}"))
+                       on_log=lambda step, m: _say(f"{args.stage} step {step}: loss {m['loss']:.4f}"),
+                       on_resume=lambda step, ckpt: _say(resumed_line(args.stage, step, ckpt)))
         if PartialState().is_main_process:
             write_json_atomic(Path(args.out) / "result.json", result_summary(result))
     except UserError as exc:

@@ -1,5 +1,6 @@
 """The training loop shared by both stages (1: text-to-image pretraining, 2: instruction tuning with the
-attention-mask loss). Plain functions, no Prefect: the lead wraps `train` in a task.
+attention-mask loss). Plain functions, no Prefect: tasks/train.py `train_stage` runs `train` as a Prefect task
+(mumu/train/entry.py runs it in each process under `accelerate launch`).
 
 Reproducibility: every random draw of optimizer step s, micro-batch m (CFG dropout, VAE posterior
 sample, timesteps, noise; torch's global RNG for dropout) comes from a generator seeded by
@@ -21,6 +22,7 @@ import torch
 
 from mumu.config import ProfileConfig, config_hash, load_profile
 from mumu.errors import UserError
+from mumu.size_conditioning import SizeTally, write_sizes
 from mumu.train.checkpoint import clean_partial, list_checkpoints, load_checkpoint, save_checkpoint
 from mumu.train.optim import build_ema, build_lr_scheduler, build_optimizer, step_generator
 from mumu.train.preview import sample_grid
@@ -77,11 +79,13 @@ def train(
     iterate: Callable[..., Iterator[list]] = _default_iterate,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_sample: Callable[[int, Path], None] | None = None,
+    on_resume: Callable[[int, Path], None] | None = None,
 ) -> TrainResult:
     """Train one stage; checkpoints, TensorBoard scalars, preview grids and the final model go to out_dir.
 
     init: a saved MumuModel directory (stage 2 starts from stage 1's out_dir/model); None = from config.
     iterate(data_urls, stage, seed, start_step=...) yields batches of Examples (mumu.train.data).
+    on_resume(step, checkpoint) is called once (main process) when the run continues from a checkpoint.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from torch.utils.tensorboard import SummaryWriter
@@ -97,6 +101,8 @@ def train(
     if profile.runtime.torch_threads:
         torch.set_num_threads(profile.runtime.torch_threads)
     total = max_steps if max_steps is not None else stage.max_steps
+    if total < 1:  # the config bounds max_steps; an explicit max_steps must obey the same bound
+        raise UserError(f"max_steps must be at least 1, got {total}")
     accum = stage.gradient_accumulation_steps
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +137,7 @@ def train(
         clean_partial(ckpt_dir)
     accelerator.wait_for_everyone()
     start, losses = 0, []
+    sizes = SizeTally()  # original sizes trained on: the sampler's default micro-conditioning (size_conditioning.py)
     checkpoints = list_checkpoints(ckpt_dir)
     if resume and checkpoints:
         state = load_checkpoint(checkpoints[-1].path, model=core, optimizer=optimizer, lr_scheduler=lr_scheduler,
@@ -139,6 +146,9 @@ def train(
             raise UserError(f"{checkpoints[-1].path} was written by a different stage/config/init/seed: "
                             f"use a new out_dir or resume=False")
         start, losses = state["step"], list(state["losses"])
+        sizes = SizeTally(state.get("original_sizes"))
+        if main and on_resume is not None:
+            on_resume(start, checkpoints[-1].path)
     elif not resume and checkpoints and main:
         shutil.rmtree(ckpt_dir)
 
@@ -159,6 +169,7 @@ def train(
                 except StopIteration:
                     raise TrainingError(step, "the training data ran out (iterate_examples should be endless)") from None
                 batch = core.prepare(examples)
+                sizes.add((ex.image.height, ex.image.width) for ex in examples)
                 generator = step_generator(seed, step, micro, rank)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
@@ -192,13 +203,14 @@ def train(
                     saved.append(save_checkpoint(
                         ckpt_dir, step, weights=core.trainable_state_dict(), optimizer=optimizer,
                         lr_scheduler=lr_scheduler, ema=ema, keep=stage.keep_checkpoints,
-                        extra={"fingerprint": fingerprint, "losses": losses},
+                        extra={"fingerprint": fingerprint, "losses": losses, "original_sizes": sizes.to_json()},
                     ))
                 accelerator.wait_for_everyone()
             if main and stage.sample_every and step % stage.sample_every == 0:
                 if preview_prompts is None:  # the first batch of the stream: the same on every resume
                     first = next(iter(iterate(data_urls, stage, seed, start_step=0)))
                     preview_prompts = [ex.prompt for ex in first[:PREVIEW_PROMPTS]]
+                core.trained_original_size = sizes.most_common()
                 path = sample_grid(core, preview_prompts, out_dir / "samples" / f"step-{step:06d}.png",
                                    steps=stage.sample_steps, seed=seed)
                 samples.append(path)
@@ -219,6 +231,7 @@ def train(
         tmp_dir = out_dir / ".model-tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)
         core.save_pretrained(tmp_dir)
+        write_sizes(tmp_dir, sizes)
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp_dir.rename(model_dir)
     accelerator.wait_for_everyone()
