@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ValidationError, model_validator
 
 from mumu.config.base import StrictModel
 from mumu.config.data import DataConfig
@@ -31,6 +31,18 @@ class ProfileConfig(StrictModel):
     model: ModelConfig
     train: TrainConfig = TrainConfig()
     eval: EvalConfig
+
+    @model_validator(mode="after")
+    def _benchmark_prompt_mode(self) -> "ProfileConfig":
+        """Evaluation prompts are built the way the tune stage's prompts were: unset, eval.benchmark.prompt_mode
+        becomes train.tune.prompt_mode. A text-only tune stage never saw an image, so its benchmark takes the
+        MUMU form, which keeps the subject's name in the prompt."""
+        bench = self.eval.benchmark
+        if bench.prompt_mode is None:
+            mode = "unimo" if self.train.tune.prompt_mode == "unimo" else "mumu"
+            ev = self.eval.model_copy(update={"benchmark": bench.model_copy(update={"prompt_mode": mode})})
+            object.__setattr__(self, "eval", ev)  # frozen model: set once, here, while it is being validated
+        return self
 
 
 def available_profiles() -> list[str]:
