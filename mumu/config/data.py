@@ -61,9 +61,13 @@ class SegmentConfig(StrictModel):
 
 
 class ComposeConfig(StrictModel):
-    min_crop_side: int = 32  # MUMU: crops smaller than this are dropped
+    min_crop_side: int = 32  # crops whose shorter side is below this are dropped
+    min_crop_area: int = Field(0, ge=0)  # crops of fewer pixels are dropped (MUMU: 150 x 150)
     max_crop_fraction: float = 0.75  # MUMU: crops covering more of the image than this are dropped
     max_images_per_prompt: int = 3  # MUMU: at most 3 crops per prompt
+    # Share of the entities passing the rules above whose image goes into the prompt, drawn per entity from a
+    # seeded hash of (seed, key, entity): 1.0 = every one (MUMU); < 1 = a random subset (UNIMO-G).
+    image_share: float = Field(1.0, ge=0.0, le=1.0)
     text_only_share: float = 0.10  # share of samples whose prompt stays text-only
     seed: int = 0
 
