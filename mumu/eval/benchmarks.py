@@ -1,6 +1,7 @@
 """Subject-driven benchmarks: DreamBench-style single subject and MultiBench-style 2–3 subjects.
 
-Folder layout of a user benchmark (`eval.benchmark.root`)::
+DreamBench's own repository layout (dataset/<subject>/*.jpg + dataset/prompts_and_classes.txt) is read as
+published: mumu/eval/dreambench.py. Folder layout of any other benchmark (`eval.benchmark.root`)::
 
     <root>/subjects/<subject>/*.png|*.jpg|*.jpeg|*.webp   one folder per subject, 1+ images each
     <root>/prompts.json                                    optional; else mumu/samples/bench/prompts.json
@@ -40,7 +41,7 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from mumu.config.eval import BenchmarkConfig
+from mumu.config.eval import BenchmarkConfig, EvalConfig
 from mumu.errors import UserError
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
@@ -94,6 +95,7 @@ class Benchmark(BaseModel):
     prompt_mode: PromptMode  # how the subject images sit in the prompts (see the module docstring)
     subjects: list[Subject]
     items: list[BenchItem]
+    samples_per_prompt: int | None = None  # fixed by the benchmark's protocol (DreamBench: 4); None = eval's
 
     def reference_images(self) -> list[str]:
         """Every subject image of the benchmark, sorted (FID's default real set)."""
@@ -252,10 +254,33 @@ def emoji_subjects(emoji_dir: Path = EMOJI_DIR) -> list[Subject]:
     return subjects
 
 
+def dreambench_items(subjects: list[Subject], templates: dict[str, list[str]], max_templates: int | None,
+                     references: str, prompt_mode: PromptMode) -> list[BenchItem]:
+    """DreamBench's protocol: one item per subject and template, the subject's first photo in the prompt."""
+    items = []
+    for subject in subjects:
+        image = subject.images[0]
+        refs = [[image]] if references == "input" else [list(subject.images)]
+        for ti, template in enumerate(templates[subject.key][:max_templates]):
+            item_id = f"single-{_slug(subject.key)}-{_slug(Path(image).stem)}-t{ti:02d}"
+            items.append(_make_item("single", item_id, template, ti, [subject], [image], refs, prompt_mode))
+    return items
+
+
 def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[Benchmark]:
-    """The benchmarks of `cfg.kinds` (named "<root name or toy>-single" / "-multi"), in that order."""
+    """The benchmarks of `cfg.kinds` (named "<root name or toy>-single" / "-multi"), in that order.
+
+    A root in DreamBench's own layout (mumu/eval/dreambench.py) gives DreamBench's single-subject benchmark as
+    published; its multi-subject benchmark combines DreamBench's subjects with the bundled multi templates."""
+    from mumu.eval import dreambench
+
+    dream_templates, protocol_samples = None, None
     if cfg.root is None:
         prefix, subjects, prompts = "toy", emoji_subjects(emoji_dir), load_prompts(None)
+    elif (dataset := dreambench.find_dataset(Path(cfg.root))) is not None:
+        prefix, prompts = _slug(Path(cfg.root).name), load_prompts(None)
+        subjects, dream_templates = dreambench.load(dataset, IMAGE_SUFFIXES)
+        protocol_samples = dreambench.SAMPLES_PER_PROMPT
     else:
         root = Path(cfg.root)
         prompts = load_prompts(root / "prompts.json")
@@ -267,7 +292,11 @@ def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[
     mode = cfg.prompt_mode or "mumu"
     benches = []
     for kind in cfg.kinds:
-        if kind == "single":
+        samples = None
+        if kind == "single" and dream_templates is not None:
+            items = dreambench_items(subjects, dream_templates, cfg.max_templates, cfg.references, mode)
+            samples = protocol_samples
+        elif kind == "single":
             items = single_items(subjects, single_templates, cfg.references, mode)
         else:
             items = multi_items(subjects, list(prompts.get("multi", [])), cfg.multi_sizes, cfg.multi_combinations,
@@ -278,5 +307,13 @@ def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[
         if len(set(ids)) != len(ids):
             raise UserError(f"benchmark {prefix}-{kind}: item ids collide (subject or image names differ "
                             "only in punctuation)")
-        benches.append(Benchmark(name=f"{prefix}-{kind}", kind=kind, prompt_mode=mode, subjects=subjects, items=items))
+        benches.append(Benchmark(name=f"{prefix}-{kind}", kind=kind, prompt_mode=mode, subjects=subjects, items=items,
+                                 samples_per_prompt=samples))
     return benches
+
+
+def eval_config_for(bench: Benchmark, ev: EvalConfig) -> EvalConfig:
+    """The evaluation settings of one benchmark: its protocol's images per prompt, where it fixes them."""
+    if bench.samples_per_prompt is None or bench.samples_per_prompt == ev.samples_per_prompt:
+        return ev
+    return ev.model_copy(update={"samples_per_prompt": bench.samples_per_prompt})
