@@ -36,7 +36,7 @@ class EntityRecord(_Record):
     crop: str  # box crop of the target image, e.g. "crop_0.png"
     segment: str  # the masked segment: box crop with pixels outside the mask set to white, "segment_0.png"
     mask: str  # full-image binary mask (mode "L", 0/255), "mask_0.png"
-    in_prompt: bool  # False when MUMU's crop rules dropped it (too small, too large, over the limit)
+    in_prompt: bool  # False when the crop rules dropped it (too small, too large, not drawn, over the limit)
 
 
 class SampleRecord(_Record):

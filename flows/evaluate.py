@@ -20,7 +20,7 @@ from flows.runners import task_runner
 from mumu.config import load_profile
 from mumu.config.eval import EvalConfig
 from mumu.config.runtime import RuntimeConfig
-from mumu.eval.benchmarks import Benchmark, build_benchmarks, chunk
+from mumu.eval.benchmarks import Benchmark, build_benchmarks, chunk, eval_config_for
 from mumu.runs import model_dir, write_run_config
 from tasks import evaluate as t
 from tasks.common import retry_options
@@ -45,8 +45,9 @@ def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny
     scores = []
     for benchmark in build_benchmarks(ev.benchmark):
         bench_dir = str(Path(out) / benchmark.name)
-        generate(benchmark, model, bench_dir, ev, runtime)
-        scores.append(score(benchmark, bench_dir, ev, runtime))
+        bench_ev = eval_config_for(benchmark, ev)  # e.g. DreamBench's 4 images per prompt
+        generate(benchmark, model, bench_dir, bench_ev, runtime)
+        scores.append(score(benchmark, bench_dir, bench_ev, runtime))
 
     report = t.write_report(scores, out, ev.report, run=Path(checkpoint).name)
     create_table_artifact(key="evaluation", table=report.rows, description=f"evaluation of {checkpoint}")

@@ -141,5 +141,5 @@ def attention_mask_loss(
         target = F.interpolate(entity_masks.to(m.dtype), size=(h, w), mode="area")
         per_layer.append((m.view(b, k, h, w) - target).abs().mean(dim=(-1, -2)))  # [B, K]
     per_entity = torch.stack(per_layer).mean(0)
-    v = valid.to(per_entity.dtype)
+    v = valid.to(per_entity)  # dtype and device: `valid` may be kept on the CPU (full-size meta check)
     return (per_entity * v).sum() / v.sum()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mumu.config.model import DecoderConfig
-from models.hf import build_seeded, pretrained_kwargs, torch_dtype
+from models.hf import build_seeded, empty_weights_config, pretrained_kwargs, torch_dtype
 
 # Tiny SDXL-shaped UNet: two cross-attention resolutions (latent 16x16 and 8x8 at resolution 64), so
 # layer selection and mask resizing are exercised; text_time added conditioning like SDXL.
@@ -57,6 +57,8 @@ def build_unet(cfg: DecoderConfig):
     from diffusers import UNet2DConditionModel
 
     src = cfg.unet
+    if (bundled := empty_weights_config(src)) is not None:
+        return _cast(UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(bundled)), src.dtype)
     if src.is_pretrained:
         return UNet2DConditionModel.from_pretrained(src.location, dtype=torch_dtype(src.dtype), **pretrained_kwargs(src))
     conf = {**TINY_UNET, **(src.config or {})}
@@ -67,6 +69,8 @@ def build_vae(cfg: DecoderConfig):
     from diffusers import AutoencoderKL
 
     src = cfg.vae
+    if (bundled := empty_weights_config(src)) is not None:
+        return _cast(AutoencoderKL.from_config(AutoencoderKL.load_config(bundled)), src.dtype)
     if src.is_pretrained:
         return AutoencoderKL.from_pretrained(src.location, dtype=torch_dtype(src.dtype), **pretrained_kwargs(src))
     conf = {**TINY_VAE, **(src.config or {})}

@@ -19,7 +19,7 @@ from transformers.image_transforms import center_to_corners_format
 
 from mumu.config import ModelSource
 from mumu.config.data import DetectConfig
-from models.hf import build_seeded, default_words, merge_config, pretrained_kwargs, torch_dtype
+from models.hf import build_seeded, default_words, empty_weights_config, merge_config, pretrained_kwargs, torch_dtype
 
 Box = tuple[float, float, float, float]
 
@@ -72,6 +72,15 @@ def build_grounding_dino(source: ModelSource):
         GroundingDinoProcessor,
     )
 
+    if (bundled := empty_weights_config(source)) is not None:
+        # The published image processing (800 / 1333 px edges are the processor's defaults); BERT's 30,522-word
+        # vocabulary is not bundled: the tiny one stands in (its ids are a subset, special ids where BERT has them).
+        config = GroundingDinoConfig.from_pretrained(bundled)
+        processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
+                                           tokenizer=build_tiny_bert_tokenizer())
+        # .to("meta"): its level embedding is made with the legacy torch.Tensor(...), which ignores the meta device.
+        model = GroundingDinoForObjectDetection(config).to("meta", torch_dtype(source.dtype))
+        return model.eval(), processor
     if source.is_pretrained:
         kwargs = pretrained_kwargs(source)
         processor = GroundingDinoProcessor.from_pretrained(source.location, **kwargs)

@@ -6,6 +6,9 @@ the tiny profile need, trained locally in well under a second, since no hub is r
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,8 +16,42 @@ import torch
 
 from mumu.config import ModelSource
 from mumu.config.runtime import RuntimeConfig
+from mumu.errors import UserError
 
 WORDS_FILE = Path(__file__).resolve().parent.parent / "mumu" / "resources" / "words.txt"
+
+# The published configs of the real profiles' checkpoints (config JSON only, no weights; see configs/README.md),
+# so their full-size models can be assembled without the hub: `empty_weights()`.
+BUNDLED_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+BUNDLED_CONFIGS = {
+    "HuggingFaceM4/idefics2-8b": "idefics2-8b",
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl-base-1.0",
+    "IDEA-Research/grounding-dino-base": "grounding-dino-base",
+    "facebook/sam-vit-huge": "sam-vit-huge",
+}
+_EMPTY_WEIGHTS: ContextVar[bool] = ContextVar("mumu_empty_weights", default=False)
+
+
+@contextmanager
+def empty_weights() -> Iterator[None]:
+    """Inside, a pretrained source is built from its bundled published config with every tensor on PyTorch's
+    meta device: the full-size model of a real profile with no download and no memory, to check shapes only."""
+    token = _EMPTY_WEIGHTS.set(True)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        _EMPTY_WEIGHTS.reset(token)
+
+
+def empty_weights_config(source: ModelSource) -> Path | None:
+    """The bundled config folder a pretrained source is built from inside `empty_weights()`, else None."""
+    if not (_EMPTY_WEIGHTS.get() and source.is_pretrained):
+        return None
+    name = BUNDLED_CONFIGS.get(source.pretrained)
+    if name is None:
+        raise UserError(f"no bundled config for {source.pretrained!r} (bundled: {', '.join(BUNDLED_CONFIGS)})")
+    return BUNDLED_CONFIGS_DIR / name / (source.subfolder or "")
 
 
 def resolve_device(runtime: RuntimeConfig | str = "auto") -> torch.device:
@@ -113,6 +150,10 @@ def build_idefics2(source: ModelSource, model_cls=None):
     from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2Processor
 
     model_cls = model_cls or Idefics2ForConditionalGeneration
+    bundled = empty_weights_config(source)
+    if bundled is not None:
+        config = Idefics2Config.from_pretrained(bundled)
+        return model_cls(config).to(torch_dtype(source.dtype)), bundled_idefics2_processor(config)
     if source.is_pretrained:
         kwargs = pretrained_kwargs(source)
         processor = Idefics2Processor.from_pretrained(source.location, **kwargs)
@@ -129,3 +170,24 @@ def build_idefics2(source: ModelSource, model_cls=None):
     )
     model = build_seeded(lambda: model_cls(config), source.seed)
     return model.to(torch_dtype(source.dtype)), processor
+
+
+def bundled_idefics2_processor(config):
+    """An Idefics2 processor for a bundled config: the published image processing (980 px longest edge) and
+    image tokens at the published ids. The published tokenizer (32,000 SentencePiece pieces) is not bundled: a
+    word tokenizer padded to 32,000 entries stands in, so the processor adds its <fake_token_around_image>,
+    <image> and <end_of_utterance> at 32000-32002 as on the hub."""
+    from transformers import Idefics2ImageProcessorPil, Idefics2Processor
+
+    words = default_words()
+    filler = [f"<unused{i}>" for i in range(32000 - 4 - len(set(words)))]  # 4 = the word tokenizer's specials
+    tokenizer = build_word_tokenizer(words + filler)
+    image_size = config.vision_config.image_size
+    processor = Idefics2Processor(
+        image_processor=Idefics2ImageProcessorPil(size={"longest_edge": image_size, "shortest_edge": 378}),
+        tokenizer=tokenizer, image_seq_len=config.perceiver_config.resampler_n_latents,
+    )
+    if tokenizer.convert_tokens_to_ids("<image>") != config.image_token_id:
+        raise ValueError(f"stand-in tokenizer puts <image> at {tokenizer.convert_tokens_to_ids('<image>')}, "
+                         f"the config at {config.image_token_id}")
+    return processor

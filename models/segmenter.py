@@ -12,7 +12,7 @@ from PIL import Image
 
 from mumu.config import ModelSource
 from mumu.config.data import SegmentConfig
-from models.hf import build_seeded, merge_config, pretrained_kwargs, torch_dtype
+from models.hf import build_seeded, empty_weights_config, merge_config, pretrained_kwargs, torch_dtype
 
 Box = tuple[float, float, float, float]
 
@@ -30,6 +30,10 @@ def build_sam(source: ModelSource):
     """(SamModel, SamProcessor) for a source."""
     from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor
 
+    if (bundled := empty_weights_config(source)) is not None:
+        # SAM's published image processing is the processor's default (1024 px longest edge, padded square).
+        processor = SamProcessor(image_processor=SamImageProcessorPil())
+        return SamModel(SamConfig.from_pretrained(bundled)).to(torch_dtype(source.dtype)).eval(), processor
     if source.is_pretrained:
         kwargs = pretrained_kwargs(source)
         processor = SamProcessor.from_pretrained(source.location, **kwargs)

