@@ -185,6 +185,12 @@ def test_real_tiny_encoders_and_report_files(single_bench, tmp_path):
     bad = {**score(single_bench, tmp_path / "bad", encoders, cfg), "run": "swapped"}
     assert good["dino"] > bad["dino"] and good["clip_i"] > bad["clip_i"]
     assert all(np.isfinite(good[k]) for k in ("dino", "clip_i", "clip_t", "fid"))
+    # Subject identification, with its chance level: the subject's own picture is found among all subjects;
+    # with its colours swapped (same silhouette) it mostly is not.
+    n_subjects = len(single_bench.subjects)
+    assert good["subject_id_chance"] == bad["subject_id_chance"] == pytest.approx(1 / n_subjects)
+    assert good["subject_id"] >= 0.9 and bad["subject_id"] <= 0.5, (good["subject_id"], bad["subject_id"])
+    assert all(len(it["subject_id"]) == 2 for it in good["items"])
 
     report = write_report([good, bad], tmp_path / "report", cfg.report)
     assert report.json_path.exists() and report.markdown_path.exists()
@@ -198,7 +204,8 @@ def test_real_tiny_encoders_and_report_files(single_bench, tmp_path):
                                                                          s["fid"])
         line = next(ln for ln in report.markdown.splitlines() if ln.startswith(f"| {row['Run']} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[2:6] == [f"{s['dino']:.3f}", f"{s['clip_i']:.3f}", f"{s['clip_t']:.3f}", f"{s['fid']:.2f}"]
+        assert cells[2:8] == [f"{s['subject_id']:.2f}", f"{1 / n_subjects:.2f}", f"{s['dino']:.3f}",
+                              f"{s['clip_i']:.3f}", f"{s['clip_t']:.3f}", f"{s['fid']:.2f}"]
 
     cell = cfg.report.grid_cell
     assert len(report.grids) == 2 * min(cfg.report.max_grids, 6)

@@ -1,7 +1,8 @@
 """The evaluation report: report.json, report.md (a UNIMO-G Tables 2–3 style table) and image grids.
 
-The table has one row per run × benchmark and columns DINO, CLIP-I, CLIP-T, FID. `write_report`
-also returns the rows and the markdown so the lead can publish them as Prefect table and markdown
+The table has one row per run × benchmark and columns Subject ID (with its chance level beside it), DINO,
+CLIP-I, CLIP-T, FID. `write_report`
+also returns the rows and the markdown so flows/evaluate.py can publish them as Prefect table and markdown
 artifacts without re-reading the files.
 """
 
@@ -16,7 +17,7 @@ from mumu.config.eval import ReportConfig
 from mumu.eval.benchmarks import _slug, load_rgb
 from mumu.io import atomic_path, write_json_atomic, write_text_atomic
 
-COLUMNS = ["Run", "Benchmark", "DINO", "CLIP-I", "CLIP-T", "FID", "Images"]
+COLUMNS = ["Run", "Benchmark", "Subject ID", "Chance", "DINO", "CLIP-I", "CLIP-T", "FID", "Images"]
 
 
 @dataclass
@@ -58,7 +59,8 @@ def write_report(scores: list[dict], out_dir: str | Path, cfg: ReportConfig | No
     rows, sections, grids = [], [], []
     for s in scores:
         run_name = s.get("run", run)
-        rows.append({"Run": run_name, "Benchmark": s["benchmark"], "DINO": s["dino"], "CLIP-I": s["clip_i"],
+        rows.append({"Run": run_name, "Benchmark": s["benchmark"], "Subject ID": s.get("subject_id"),
+                     "Chance": s.get("subject_id_chance"), "DINO": s["dino"], "CLIP-I": s["clip_i"],
                      "CLIP-T": s["clip_t"], "FID": s["fid"], "Images": s["n_images"]})
         lines = [f"### {run_name} · {s['benchmark']}" + (f" · {s['prompt_mode']} prompts" if s.get("prompt_mode") else ""), ""]
         for item in s["items"][:cfg.max_grids]:
@@ -68,18 +70,23 @@ def write_report(scores: list[dict], out_dir: str | Path, cfg: ReportConfig | No
                 make_grid(refs, item["images"], cfg.grid_cell).save(tmp, format="PNG")
             grids.append(out_dir / rel)
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+            ident = f"subject ID {mean(item['subject_id']):.2f}, " if item.get("subject_id") else ""
             lines += [f"**{item['text']}** — references ({len(refs)}) | samples ({len(item['images'])}); "
-                      f"DINO {mean(item['dino']):.3f}, CLIP-I {mean(item['clip_i']):.3f}, "
+                      f"{ident}DINO {mean(item['dino']):.3f}, CLIP-I {mean(item['clip_i']):.3f}, "
                       f"CLIP-T {mean(item['clip_t']):.3f}", "", f"![{item['id']}]({rel.as_posix()})", ""]
         sections.append("\n".join(lines))
 
     fid_kinds = sorted({s["fid_features"] for s in scores})
     table = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        table.append(f"| {r['Run']} | {r['Benchmark']} | {_fmt(r['DINO'], 3)} | {_fmt(r['CLIP-I'], 3)} | "
-                     f"{_fmt(r['CLIP-T'], 3)} | {_fmt(r['FID'], 2)} | {r['Images']} |")
+        table.append(f"| {r['Run']} | {r['Benchmark']} | {_fmt(r['Subject ID'], 2)} | {_fmt(r['Chance'], 2)} | "
+                     f"{_fmt(r['DINO'], 3)} | {_fmt(r['CLIP-I'], 3)} | {_fmt(r['CLIP-T'], 3)} | {_fmt(r['FID'], 2)} | "
+                     f"{r['Images']} |")
     markdown = "\n".join([
         "# Evaluation report", "",
+        "Subject ID: share of generated images whose nearest subjects, among all of the benchmark's, are the ones "
+        "the prompt referenced, on weight-free colour and silhouette statistics (mumu/eval/identify.py); Chance: "
+        "what an image unrelated to its prompt would score (1 / subjects; k / subjects for k referenced). "
         "DINO / CLIP-I: mean cosine of generated images to their subjects' reference images (multi-subject: "
         "averaged over subjects). CLIP-T: cosine of generated image and prompt text (images replaced by subject "
         f"names). FID: Fréchet distance over **{', '.join(fid_kinds)}** features (not InceptionV3; "

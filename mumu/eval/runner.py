@@ -30,7 +30,7 @@ from PIL import Image
 
 from mumu.config.eval import EvalConfig
 from mumu.errors import UserError
-from mumu.eval import metrics
+from mumu.eval import identify, metrics
 from mumu.eval.benchmarks import Benchmark, BenchItem, chunk, load_rgb
 from mumu.eval.report import Report, write_report  # re-exported: the runner's last step
 from mumu.io import atomic_path, write_json_atomic
@@ -157,7 +157,8 @@ def _list_images(folder: Path, limit: int | None) -> list[str]:
 
 
 def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> dict:
-    """DINO, CLIP-I, CLIP-T and "FID" (see mumu.eval.metrics) of a generated benchmark.
+    """DINO, CLIP-I, CLIP-T, "FID" (see mumu.eval.metrics) and subject identification with its chance level
+    (mumu.eval.identify) of a generated benchmark.
 
     `encoders` is a models.eval_encoders.EvalEncoders (or anything with .dino.features and
     .clip.image_embeds / .clip.text_embeds). Returns the aggregate scores plus per-item scores.
@@ -174,8 +175,13 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
     text_emb = encoders.clip.text_embeds(texts).numpy()
     text_index = {t: i for i, t in enumerate(texts)}
 
+    # Subject identification against every subject of the benchmark (mumu/eval/identify.py).
+    subject_keys = [sub.key for sub in bench.subjects]
+    subject_feats = identify.subject_features([[load_rgb(p) for p in sub.images] for sub in bench.subjects])
+    gen_desc = [identify.describe(load_rgb(f)) for f in gen_files]
+
     per_item = []
-    dino_all, clip_i_all, clip_t_all = [], [], []
+    dino_all, clip_i_all, clip_t_all, ident_all, chance_all = [], [], [], [], []
     offset = 0
     for item in bench.items:
         rows = list(range(offset, offset + len(generated[item.id])))
@@ -184,12 +190,17 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
         dino = metrics.subject_similarity(gen_dino[rows], [ref_dino[r] for r in ref_rows])
         clip_i = metrics.subject_similarity(gen_clip[rows], [ref_clip[r] for r in ref_rows])
         clip_t = metrics.clip_t(gen_clip[rows], np.repeat(text_emb[[text_index[item.text]]], len(rows), axis=0))
+        referenced = [subject_keys.index(k) for k in item.subjects]
+        ident = [identify.identify(gen_desc[r], subject_feats, referenced) for r in rows]
         dino_all += dino.tolist()
         clip_i_all += clip_i.tolist()
         clip_t_all += clip_t.tolist()
+        ident_all += ident
+        chance_all += [identify.chance(len(referenced), len(subject_keys))] * len(rows)
         per_item.append({"id": item.id, "text": item.text, "prompt": item.prompt_string(), "names": item.names,
                          "references": item.references, "images": [str(out_dir / p) for p in generated[item.id]],
-                         "dino": dino.tolist(), "clip_i": clip_i.tolist(), "clip_t": clip_t.tolist()})
+                         "dino": dino.tolist(), "clip_i": clip_i.tolist(), "clip_t": clip_t.tolist(),
+                         "subject_id": ident})
 
     fid_real = (_list_images(Path(cfg.fid.reference_dir), cfg.fid.max_reference_images)
                 if cfg.fid.reference_dir else bench.reference_images()[:cfg.fid.max_reference_images])
@@ -208,6 +219,8 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
         "benchmark": bench.name, "kind": bench.kind, "n_items": len(bench.items), "n_images": len(gen_files),
         "n_references": len(ref_files), "n_fid_real": len(real_feat),
         "dino": float(np.mean(dino_all)), "clip_i": float(np.mean(clip_i_all)), "clip_t": float(np.mean(clip_t_all)),
+        "subject_id": float(np.mean(ident_all)), "subject_id_chance": float(np.mean(chance_all)),
+        "n_subjects": len(subject_keys),
         "fid": fid, "fid_features": cfg.fid.features, "fid_note": fid_note, "items": per_item,
     }
 
