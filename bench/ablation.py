@@ -7,9 +7,10 @@ Per seed, with the same budget (N + M optimizer steps of batch `train.*.batch_si
                        (= stage 1's N-step run resumed from its last checkpoint for M more steps);
   (b) "w/o VisualEnh": stage 1 (N steps, the same model as (a) at step N) + tuning, train.tune.attn_loss.weight=0;
   (c) "full":          the same stage 1 + tuning with the attention-mask loss (the profile's weight > 0).
-Data: emoji scenes (bench/ablation_data.py); a small VAE fitted first (bench/ablation_vae.py); scores:
-colour-histogram subject fidelity and background adherence (bench/ablation_metrics.py), on held-out
-subjects and on new prompts of seen subjects. Not part of CI (tests/test_ablation_smoke.py runs the
+Data: emoji scenes (bench/ablation_data.py); the tiny profile's recipe and fitted VAE (mumu/profiles/tiny.yaml);
+scores: subject identification among all evaluated subjects (mumu/eval/identify.py, with its chance level),
+colour-histogram subject fidelity and background adherence (bench/ablation_metrics.py), on held-out subjects
+and on new prompts of seen subjects. Not part of CI (tests/test_ablation_smoke.py runs the
 plumbing with 1-2 steps). Everything is written under --out; re-running reuses finished parts.
 """
 
@@ -33,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from mumu.io import write_text_atomic
 
 ARMS = {"a": "w/o Tuning (stage 1 only)", "b": "w/o VisualEnh (attn weight 0)", "c": "full (tune + attn loss)"}
-COLUMNS = [("heldout", "fidelity"), ("heldout", "margin"), ("seen", "fidelity"), ("seen", "margin"),
+COLUMNS = [("heldout", "identified"), ("heldout", "margin"), ("seen", "identified"), ("seen", "margin"),
            ("all", "adherence")]
 
 
@@ -48,7 +49,6 @@ def parse_args(argv=None):
     ap.add_argument("--scene-size", type=int, default=128)
     ap.add_argument("--heldout", type=int, default=8, help="subjects never in training scenes")
     ap.add_argument("--seen", type=int, default=8, help="training subjects with new eval prompts")
-    ap.add_argument("--vae-steps", type=int, default=300)
     ap.add_argument("--samples", type=int, default=None, help="images per prompt (default eval.samples_per_prompt)")
     ap.add_argument("--sample-steps", type=int, default=None, help="denoising steps (default eval.sampler.steps)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
@@ -57,13 +57,12 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def seed_overrides(seed: int, vae_dir: Path) -> dict:
+def seed_overrides(seed: int) -> dict:
     """A seed changes the weight init of every trained part and every training draw."""
-    return {"runtime.seed": seed, "model.encoder.model.seed": 4 + 100 * seed, "model.decoder.unet.seed": 5 + 100 * seed,
-            "model.decoder.vae": {"pretrained": str(vae_dir)}}
+    return {"runtime.seed": seed, "model.encoder.model.seed": 4 + 100 * seed, "model.decoder.unet.seed": 5 + 100 * seed}
 
 
-def run_seed(args_dict: dict, seed: int, vae_dir: str, urls: list[str]) -> dict:
+def run_seed(args_dict: dict, seed: int, urls: list[str]) -> dict:
     """Train the three arms of one seed → {arm: {model_dir, steps, seconds, attn_weight, attn_mean, ...}}."""
     import torch
 
@@ -73,7 +72,7 @@ def run_seed(args_dict: dict, seed: int, vae_dir: str, urls: list[str]) -> dict:
     torch.set_num_threads(args_dict["threads"])
     n, m = args_dict["steps_pretrain"], args_dict["steps_tune"]
     root = Path(args_dict["out"]) / f"seed-{seed}"
-    base = seed_overrides(seed, Path(vae_dir))
+    base = seed_overrides(seed)
     profile = load_profile(args_dict["profile"], base)
     profile_b = load_profile(args_dict["profile"], {**base, "train.tune.attn_loss.weight": 0.0})
     results: dict[str, dict] = {}
@@ -117,6 +116,7 @@ def evaluate_seed(args_dict: dict, seed: int, arms: dict, prompts: list, emoji_d
 
     from mumu.config import load_profile
     from mumu.data.scenes import load_emoji_names
+    from mumu.eval import identify
     from mumu.generate import MumuSampler, load_model
 
     torch.set_num_threads(args_dict["threads"])
@@ -125,6 +125,7 @@ def evaluate_seed(args_dict: dict, seed: int, arms: dict, prompts: list, emoji_d
     n = args_dict["samples"] or profile.eval.samples_per_prompt
     steps = args_dict["sample_steps"] or profile.eval.sampler.steps
     hists = {f: M.subject_hist(emoji, f) for f in sorted(load_emoji_names(emoji))}
+    subjects, subject_feats = eval_subjects(emoji, prompts)
     out = {}
     for arm, info in arms.items():
         sampler = MumuSampler(load_model(info["model_dir"]), profile.eval.sampler)
@@ -132,17 +133,30 @@ def evaluate_seed(args_dict: dict, seed: int, arms: dict, prompts: list, emoji_d
         rows = []
         for p, imgs in zip(prompts, images):
             others = [h for f, h in hists.items() if f != p.emoji]
-            rows += [{"kind": p.kind, **M.score_image(im, p.colour, hists[p.emoji], others)} for im in imgs]
+            rows += [{"kind": p.kind, **M.score_image(im, p.colour, hists[p.emoji], others),
+                      "identified": identify.identify(identify.describe(im), subject_feats, [subjects.index(p.emoji)])}
+                     for im in imgs]
         grid = make_image_grid([im for imgs in images for im in imgs], rows=len(prompts), cols=n)
         grid.save(Path(args_dict["out"]) / f"seed-{seed}" / f"samples-{arm}.png")
         out[arm] = aggregate(rows)
     return out
 
 
+def eval_subjects(emoji: Path, prompts: list):
+    """Identification is among the evaluated subjects (held-out and seen): chance = 1 / their number."""
+    from PIL import Image
+
+    from mumu.data.scenes import _emoji_path
+    from mumu.eval import identify
+
+    subjects = sorted({p.emoji for p in prompts})
+    return subjects, identify.subject_features([[Image.open(_emoji_path(emoji, f))] for f in subjects])
+
+
 def aggregate(rows: list[dict]) -> dict:
     """Mean of each (subset, metric) column over image rows."""
     res = {}
-    for kind, metric in COLUMNS + [("all", "foreground_share")]:
+    for kind, metric in COLUMNS + [("all", "foreground_share"), ("heldout", "fidelity"), ("seen", "fidelity")]:
         vals = [r[metric] for r in rows if kind == "all" or r["kind"] == kind]
         res[f"{kind}/{metric}"] = float(np.mean(vals)) if vals else float("nan")
     return res
@@ -177,7 +191,6 @@ def cpu_name() -> str:
 def main(argv=None) -> dict:
     import ablation_data as D
     import ablation_metrics as M
-    import ablation_vae as V
     import torch
 
     from mumu import SAMPLES_DIR
@@ -197,30 +210,37 @@ def main(argv=None) -> dict:
     data = D.build_shards(emoji, train_subjects, out / "data", args.scenes, args.scene_size, 0, profile)
     urls = D.shard_urls(out / "data" / "shards")
     data_seconds = time.perf_counter() - t0
-    vae = V.train_vae(out / "data" / "scenes", out / "vae", size=profile.model.decoder.resolution, steps=args.vae_steps)
-    print(f"data: {data['written']} scenes ({data_seconds:.0f} s); vae: {vae}", flush=True)
+    print(f"data: {data['written']} scenes ({data_seconds:.0f} s)", flush=True)
 
     ad = vars(args)
     per_seed_arms: dict[int, dict] = {}
     t_train = time.perf_counter()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
-            futs = {s: pool.submit(run_seed, ad, s, str(out / "vae"), urls) for s in args.seeds}
+            futs = {s: pool.submit(run_seed, ad, s, urls) for s in args.seeds}
             per_seed_arms = {s: f.result() for s, f in futs.items()}
     else:
-        per_seed_arms = {s: run_seed(ad, s, str(out / "vae"), urls) for s in args.seeds}
+        per_seed_arms = {s: run_seed(ad, s, urls) for s in args.seeds}
     train_seconds = time.perf_counter() - t_train
     t_eval = time.perf_counter()
     per_seed = {s: evaluate_seed(ad, s, per_seed_arms[s], prompts, str(emoji)) for s in args.seeds}
     eval_seconds = time.perf_counter() - t_eval
 
     hists = {f: M.subject_hist(emoji, f) for f in sorted(D.load_emoji_names(emoji))}
-    ref_rows = [{"kind": p.kind, **M.score_image(M.reference_render(emoji, p.emoji, p.colour), p.colour, hists[p.emoji],
-                                                [h for f, h in hists.items() if f != p.emoji])} for p in prompts]
+    from mumu.eval import identify
+
+    subjects, subject_feats = eval_subjects(emoji, prompts)
+    ref_rows = []
+    for p in prompts:
+        drawn = M.reference_render(emoji, p.emoji, p.colour)
+        ref_rows.append({"kind": p.kind, **M.score_image(drawn, p.colour, hists[p.emoji],
+                                                         [h for f, h in hists.items() if f != p.emoji]),
+                         "identified": identify.identify(identify.describe(drawn), subject_feats, [subjects.index(p.emoji)])})
     reference = aggregate(ref_rows)
     table = format_table(per_seed, reference)
     budget = {"steps_pretrain": args.steps_pretrain, "steps_tune": args.steps_tune, "seeds": args.seeds,
-              "batch_size": profile.train.pretrain.batch_size, "scenes": data["written"], "vae": vae,
+              "batch_size": profile.train.pretrain.batch_size, "scenes": data["written"],
+              "identification_chance": 1 / len(subjects), "vae": profile.model.decoder.vae.pretrained,
               "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
               "eval_seconds": round(eval_seconds, 1), "total_seconds": round(time.perf_counter() - t_all, 1),
               "cpu": cpu_name(), "cores": os.cpu_count(), "jobs": args.jobs, "threads": args.threads,

@@ -34,10 +34,10 @@ python bench/ablation_report.py runs/ablation/results.json      # (re)writes thi
   They go through the real data stage (`mumu.data.stages.run_local`) with the `GroundTruth` oracle as detector
   and segmenter, so the shards hold MUMU prompts with the exact crops and masks. 8 of the 72 subjects are
   **held out** (never in a training scene).
-- **Model.** `mumu/profiles/ablation.yaml`: the tiny profile with a wider connector (64) and UNet
-  cross-attention (64), 64 px images, batch 8, lr 1e-3. The tiny VAE has random frozen weights, so its
-  pixels are noise; `bench/ablation_vae.py` first fits that architecture as an autoencoder on the training
-  scenes and all arms load it frozen (`model.decoder.vae: {pretrained: runs/ablation/vae}`).
+- **Model.** `mumu/profiles/ablation.yaml`: the tiny profile (its recipe: v-prediction on a zero-terminal-SNR
+  schedule, the resampler's norm on image features, and the VAE fitted on the bundled samples,
+  `bundled:tiny_vae`; docs/recipe.md) with a wider connector (64) and UNet cross-attention (64), 64 px images,
+  batch 8, lr 1e-3.
 - **Arms** (same data, seed and budget of N + M steps; per seed one stage-1 model is shared):
   (a) *w/o Tuning*: text-to-image pretraining for N + M steps (stage 1's run resumed from its step-N
   checkpoint); (b) *w/o VisualEnh*: stage 1 (N) + multimodal tuning (M) with `train.tune.attn_loss.weight=0`;
@@ -53,6 +53,9 @@ DINO / CLIP-I need pretrained encoders; offline the evaluation encoders are tiny
 weights, whose similarities carry no meaning. The scores are therefore weight-free pixel statistics
 (`bench/ablation_metrics.py`), meaningful for emoji, which are largely identified by their colours:
 
+- **identified**: subject identification (`mumu/eval/identify.py`, as the evaluation report's): share of images
+  whose nearest subject, among all 16 evaluated subjects, on foreground colour histogram and silhouette, is the
+  referenced one. Chance is 1/16 = 0.06. An arm must be well above it before arms are compared.
 - **fidelity**: histogram intersection (4×4×4 RGB bins) between the generated image's foreground (pixels
   > 48 RGB units from the background colour, estimated as the median of the 3-px border) and the referenced
   emoji's opaque pixels; 0 if nothing was drawn.
@@ -92,28 +95,26 @@ def render(result: dict, run_dir: Path | None = None) -> str:
     lines += [(f"N = {b['steps_pretrain']} stage-1 steps, M = {b['steps_tune']} tuning steps, batch {b['batch_size']}, "
               f"seeds {b['seeds']}; {b['scenes']} training scenes. Mean ± std over seeds."), "", result["table"], ""]
     lines += ["Order of the arms' means (higher first):", ""]
-    for key in ("heldout/fidelity", "heldout/margin", "seen/fidelity", "seen/margin", "all/adherence"):
+    for key in ("heldout/identified", "heldout/margin", "seen/identified", "seen/margin", "all/adherence"):
         lines.append(f"- {key}: {_ordering(per_seed, key)}")
-    vae = b["vae"]
-    lines += ["", "### Budget", "",
+    lines += ["", f"Chance of **identified**: {b['identification_chance']:.3f}.", "", "### Budget", "",
               (f"- machine: {b['cpu']}, {b['cores']} cores shared with other work; {b['jobs']} seed process(es) "
               f"in parallel, {b['threads']} torch thread(s) each"),
               (f"- total wall time {b['total_seconds'] / 60:.1f} min: data stage {b['data_seconds']:.0f} s, "
-              f"VAE fit {vae['seconds']:.0f} s ({vae['steps']} steps, reconstruction MAE {vae['reconstruction_mae_0_255']} "
-              f"of 255), training {b['train_seconds']:.0f} s, generation + scoring {b['eval_seconds']:.0f} s"),
+              f"training {b['train_seconds']:.0f} s, generation + scoring {b['eval_seconds']:.0f} s; VAE {b['vae']}"),
               "- wall time per arm and seed, stage 1 included (s): "
               + "; ".join(f"({a}) {v}" for a, v in b["arm_seconds"].items()), ""]
     lines += ["### Per seed", "",
               ("Prompt spread: mean std (0..255) across prompts of the images drawn from the same noise "
               "(0 = the prompt changes nothing)."), "",
-              "| seed | arm | final loss | mean attn loss (logged) | heldout margin | seen margin | adherence | prompt spread |",
+              "| seed | arm | final loss | mean attn loss (logged) | heldout identified | seen identified | adherence | prompt spread |",
               "|---|---|---|---|---|---|---|---|"]
     for s in sorted(per_seed):
         for a in ARMS:
             info, sc = result["arms"][s][a], per_seed[s][a]
             attn = "—" if info["attn_mean"] is None else f"{info['attn_mean']:.3f} (weight {info['attn_weight']})"
-            lines.append(f"| {s} | ({a}) | {info['final_loss']:.3f} | {attn} | {sc['heldout/margin']:.3f} | "
-                         f"{sc['seen/margin']:.3f} | {sc['all/adherence']:.3f} | {_spread(run_dir, s, a, result)} |")
+            lines.append(f"| {s} | ({a}) | {info['final_loss']:.3f} | {attn} | {sc['heldout/identified']:.3f} | "
+                         f"{sc['seen/identified']:.3f} | {sc['all/adherence']:.3f} | {_spread(run_dir, s, a, result)} |")
     lines += ["", ("Samples: `runs/ablation/seed-*/samples-{a,b,c}.png` (one row per prompt, in the order of "
               "`results.json` \"prompts\")."), ""]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from flows.build_data import build_data
 from flows.evaluate import evaluate
 from flows.pretrain import pretrain
 from flows.tune import tune
-from mumu import SAMPLES_DIR
+from mumu import TRAIN_SAMPLES_DIR
 from mumu.config import load_profile
 from mumu.runs import write_run_config
 
@@ -32,7 +32,7 @@ def pipeline(input_path: str | None = None, out: str = "runs/tiny", profile: str
     data, stage1, stage2, report = (str(root / name) for name in ("data", "pretrain", "tune", "eval"))
     common = dict(profile=profile, overrides=overrides)
 
-    build_data(input_path=str(input_path or SAMPLES_DIR), out=data, **common)
+    build_data(input_path=str(input_path or TRAIN_SAMPLES_DIR), out=data, **common)
     pretrain(data=data, out=stage1, **common)
     tune(data=data, init=stage1, out=stage2, **common)
     evaluation = evaluate(checkpoint=stage2, out=report, **common)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import yaml
 
-from mumu import SAMPLES_DIR
+from mumu import SAMPLES_DIR, TRAIN_SAMPLES_DIR
 from mumu.errors import UserError
 
 
@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_profile_show)
 
     p = sub.add_parser("pipeline", help="the whole DAG: build-data → pretrain → tune → evaluate")
-    p.add_argument("--input", default=str(SAMPLES_DIR), help="images (+captions.jsonl) or .tar shards [bundled samples]")
+    p.add_argument("--input", default=str(TRAIN_SAMPLES_DIR),
+                   help="images (+captions.jsonl) or .tar shards [the bundled training samples]")
     p.add_argument("--out", default="runs/tiny", help="run folder: data/, pretrain/, tune/, eval/ [runs/tiny]")
     _common(p)
     p.set_defaults(run=cmd_pipeline)

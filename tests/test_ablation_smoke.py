@@ -24,7 +24,7 @@ EMOJI = SAMPLES_DIR.parent / "emoji"
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
     res = ablation.main(["--steps-pretrain", "2", "--steps-tune", "1", "--seeds", "0", "1", "--scenes", "12",
-                         "--vae-steps", "2", "--samples", "1", "--sample-steps", "2", "--heldout", "2", "--seen", "1",
+                         "--samples", "1", "--sample-steps", "2", "--heldout", "2", "--seen", "1",
                          "--out", str(out)])
     return out, res
 
@@ -32,7 +32,7 @@ def result(tmp_path_factory):
 def test_table_has_three_arms_and_all_columns(result):
     out, res = result
     lines = res["table"].splitlines()
-    assert lines[0].startswith("| Method | heldout fidelity | heldout margin | seen fidelity | seen margin | all adherence")
+    assert lines[0].startswith("| Method | heldout identified | heldout margin | seen identified | seen margin | all adherence")
     rows = lines[2:]
     assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(b)", "(c)", "pro"]
     for r in rows[:3]:
@@ -46,6 +46,7 @@ def test_table_has_three_arms_and_all_columns(result):
             assert (out / f"seed-{seed}" / f"samples-{arm}.png").is_file()
             scores = saved["per_seed"][seed][arm]
             assert 0.0 <= scores["all/adherence"] <= 1.0 and 0.0 <= scores["heldout/fidelity"] <= 1.0
+            assert 0.0 <= scores["heldout/identified"] <= 1.0 and 0.0 <= scores["seen/identified"] <= 1.0
 
 
 def test_arms_train_different_things_with_the_same_budget(result):

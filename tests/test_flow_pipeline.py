@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from mumu import SAMPLES_DIR
 from mumu.config import config_hash, load_profile
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -25,7 +26,7 @@ def test_pipeline_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path):
     from flows.pipeline import pipeline
     from prefect.client.orchestration import get_client
 
-    result = pipeline(out=str(tmp_path), overrides=SMALL)
+    result = pipeline(input_path=str(SAMPLES_DIR), out=str(tmp_path), overrides=SMALL)
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["inputs"] == manifest["written"] + manifest["quarantined"] == 24
     for stage in ("pretrain", "tune"):

@@ -159,14 +159,17 @@ def rle_to_mask(rle: dict) -> np.ndarray:
     return np.repeat(values, rle["counts"]).reshape(h, w)
 
 
-def render_set(emoji_dir: str | Path, out: str | Path, n: int, seed: int, size: int, uncaptioned: int) -> None:
+def render_set(emoji_dir: str | Path, out: str | Path, n: int, seed: int, size: int, uncaptioned: int,
+               subjects: int | None = None) -> None:
     """Write `n` scenes as scene_XXX.png + captions.jsonl and annotations.jsonl for all but the last
     `uncaptioned`: those are raw inputs, captioned by the VLM and searched by the detector and segmenter."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     captions, annotations = [], []
+    names = load_emoji_names(emoji_dir)
+    names = {f: names[f] for f in sorted(names)[:subjects]}  # the first `subjects` emoji (all by default)
     for i in range(n):
-        scene = render_scene(emoji_dir, seed * 100_003 + i, size=size)
+        scene = render_scene(emoji_dir, seed * 100_003 + i, size=size, names=names)
         file = f"scene_{i:03d}.png"
         scene.image.save(out / file, format="PNG", optimize=True)
         if i >= n - uncaptioned:
@@ -204,8 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--uncaptioned", type=int, default=3, help="scenes left out of captions.jsonl and annotations.jsonl")
+    ap.add_argument("--subjects", type=int, default=None, help="draw from the first N emoji only (default: all)")
     a = ap.parse_args(argv)
-    render_set(a.emoji, a.out, a.n, a.seed, a.size, a.uncaptioned)
+    render_set(a.emoji, a.out, a.n, a.seed, a.size, a.uncaptioned, a.subjects)
 
 
 if __name__ == "__main__":
