@@ -160,7 +160,7 @@ def rle_to_mask(rle: dict) -> np.ndarray:
 
 
 def render_set(emoji_dir: str | Path, out: str | Path, n: int, seed: int, size: int, uncaptioned: int,
-               subjects: int | None = None) -> None:
+               subjects: int | None = None, max_objects: int = 3, scale: tuple[float, float] = (0.3, 0.5)) -> None:
     """Write `n` scenes as scene_XXX.png + captions.jsonl and annotations.jsonl for all but the last
     `uncaptioned`: those are raw inputs, captioned by the VLM and searched by the detector and segmenter."""
     out = Path(out)
@@ -169,7 +169,8 @@ def render_set(emoji_dir: str | Path, out: str | Path, n: int, seed: int, size: 
     names = load_emoji_names(emoji_dir)
     names = {f: names[f] for f in sorted(names)[:subjects]}  # the first `subjects` emoji (all by default)
     for i in range(n):
-        scene = render_scene(emoji_dir, seed * 100_003 + i, size=size, names=names)
+        n_objects = None if max_objects == 3 else random.Random(seed * 100_003 + i).randint(1, max_objects)
+        scene = render_scene(emoji_dir, seed * 100_003 + i, size=size, names=names, n_objects=n_objects, scale=scale)
         file = f"scene_{i:03d}.png"
         scene.image.save(out / file, format="PNG", optimize=True)
         if i >= n - uncaptioned:
@@ -208,8 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--uncaptioned", type=int, default=3, help="scenes left out of captions.jsonl and annotations.jsonl")
     ap.add_argument("--subjects", type=int, default=None, help="draw from the first N emoji only (default: all)")
+    ap.add_argument("--max-objects", type=int, default=3, choices=(1, 2, 3), help="emoji per scene: 1 to this")
+    ap.add_argument("--scale", type=float, nargs=2, default=(0.3, 0.5), help="emoji side as a share of the scene's")
     a = ap.parse_args(argv)
-    render_set(a.emoji, a.out, a.n, a.seed, a.size, a.uncaptioned, a.subjects)
+    render_set(a.emoji, a.out, a.n, a.seed, a.size, a.uncaptioned, a.subjects, a.max_objects, tuple(a.scale))
 
 
 if __name__ == "__main__":
