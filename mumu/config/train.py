@@ -73,7 +73,34 @@ class StageConfig(StrictModel):
     seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
+class FeaturesConfig(StrictModel):
+    """The feature cache: outputs of the frozen parts, computed once per sample by `mumu cache-features` and read by
+    training instead of recomputing them every step (mumu/train/features.py; the numbers: docs/feature_cache.md).
+
+    The rule: cache a frozen output when it saves at least ~1 MFLOP per byte stored, i.e. when reading it back at
+    0.4 GB/s per GPU is faster than an H100 recomputing it at 400 TFLOP/s, so it wins on any storage:
+    - the target's VAE posterior (mean and log-variance; training still samples it): ~9 MFLOP/B at 1024 px;
+    - the prompt's hidden states, when the whole encoder is frozen (UNIMO-G): >= 1.7 MFLOP/B for the language
+      model alone, several times that with the images it read;
+    - not the vision tower's patch features of a prompt image: 0.36-0.62 MFLOP/B (1.7-9 MB per crop for
+      0.7-5.6 TFLOPs), worth it only where reads are faster than ~1.5 GB/s per GPU (local NVMe) and the disk
+      holds 10-30 MB per sample. Off in mumu-sdxl for that reason; on in tiny, where bytes are no object.
+    Augmentation: the target has one deterministic view (resize + centre crop, no random crop or flip), so its
+    posterior is one tensor per sample. An augmented prompt image (MUMU's crop augmentation) is new pixels: it
+    and, with the prompt cache, its whole prompt are computed from pixels; the cache holds the unaugmented ones.
+    """
+
+    latents: bool = True  # the VAE posterior of each training target
+    vision: bool = True  # the vision tower's features of each prompt image (only with model.encoder.freeze_vision)
+    prompt: bool = True  # the prompt's hidden states (only when the whole encoder is frozen)
+    # auto: use the cache for this model when `cache-features` wrote it, else compute from pixels (one log line
+    # says which); require: no usable cache is an error; off: always compute from pixels.
+    use: Literal["auto", "require", "off"] = "auto"
+    batch_size: int = Field(16, ge=1)  # samples per forward of the cache-features stage
+
+
 class TrainConfig(StrictModel):
+    features: FeaturesConfig = FeaturesConfig()
     pretrain: StageConfig = StageConfig(prompt_mode="text")
     tune: StageConfig = Field(
         default_factory=lambda: StageConfig(
