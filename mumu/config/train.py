@@ -77,14 +77,16 @@ class FeaturesConfig(StrictModel):
     """The feature cache: outputs of the frozen parts, computed once per sample by `mumu cache-features` and read by
     training instead of recomputing them every step (mumu/train/features.py; the numbers: docs/feature_cache.md).
 
-    The rule: cache a frozen output when it saves at least ~1 MFLOP per byte stored, i.e. when reading it back at
-    0.4 GB/s per GPU is faster than an H100 recomputing it at 400 TFLOP/s, so it wins on any storage:
-    - the target's VAE posterior (mean and log-variance; training still samples it): ~9 MFLOP/B at 1024 px;
-    - the prompt's hidden states, when the whole encoder is frozen (UNIMO-G): >= 1.7 MFLOP/B for the language
-      model alone, several times that with the images it read;
-    - not the vision tower's patch features of a prompt image: 0.36-0.62 MFLOP/B (1.7-9 MB per crop for
-      0.7-5.6 TFLOPs), worth it only where reads are faster than ~1.5 GB/s per GPU (local NVMe) and the disk
-      holds 10-30 MB per sample. Off in mumu-sdxl for that reason; on in tiny, where bytes are no object.
+    The rule: cache a frozen output when it saves at least 1 TFLOP per MB it stores (1 FLOP per byte x 10^6). The
+    full-size counts (bench/sdxl_estimate.py; crops of 378-980 px, 3 a prompt) put each part far to one side:
+    - the target's VAE posterior (mean and log-variance, so training still samples it): 4.9 TFLOPs for 0.52 MB,
+      9.3 MFLOP/B: cached;
+    - the prompt's hidden states when the whole encoder is frozen (UNIMO-G): 6-28 TFLOPs for 2.6 MB, 2.4-11
+      MFLOP/B: cached;
+    - the vision tower's patch features of a prompt image (MUMU, where the LM after it trains): 1.6-17 TFLOPs
+      for 5-34 MB, 0.32-0.50 MFLOP/B: 20-30x less per byte, 10-100x the sample's own shard bytes, so off in
+      mumu-sdxl (where the disk holds that much, turning it on takes its cached step from 0.95x to 0.79x of the
+      uncached one with 980 px crops, 0.94x to 0.92x with 378 px); on in tiny, where bytes are no object.
     Augmentation: the target has one deterministic view (resize + centre crop, no random crop or flip), so its
     posterior is one tensor per sample. An augmented prompt image (MUMU's crop augmentation) is new pixels: it
     and, with the prompt cache, its whole prompt are computed from pixels; the cache holds the unaugmented ones.
