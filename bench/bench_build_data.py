@@ -124,19 +124,33 @@ def per_stage_flow():
 
 
 def flow_seconds(inputs: Path, out: Path, overrides: dict, per_stage=None) -> float:
-    """The build-data flow on a warm process (API started, models in the task cache, as the bare side has them).
-    With `per_stage`, its build-shards subflow is swapped for the per-stage one."""
+    """The build-data flow on a warm process (API started, models in the task cache, as the bare side has them),
+    as a subflow, the way `mumu pipeline` runs it: a top-level run ends only when its heartbeat thread wakes from
+    its 1 s sleep, which rounds every timing up to the next whole second. With `per_stage`, its build-shards
+    subflow is swapped for the per-stage one."""
     import flows.build_data as fb
 
     real = fb.build_shards
     if per_stage is not None:
         fb.build_shards = _PerStage(per_stage)
     try:
-        start = time.perf_counter()
-        fb.build_data(input_path=str(inputs), out=str(out), profile="tiny", overrides=overrides)
-        return time.perf_counter() - start
+        return _timed_build_data(str(inputs), str(out), overrides)
     finally:
         fb.build_shards = real
+
+
+def _timed_build_data(inputs: str, out: str, overrides: dict) -> float:
+    from prefect import flow
+
+    import flows.build_data as fb
+
+    @flow(name="bench-build-data")
+    def parent(inputs: str, out: str, overrides: dict) -> float:
+        start = time.perf_counter()
+        fb.build_data(input_path=inputs, out=out, profile="tiny", overrides=overrides)
+        return time.perf_counter() - start
+
+    return parent(inputs, out, overrides)
 
 
 class _PerStage:
@@ -209,8 +223,8 @@ def main() -> None:
                 runs[name] = lambda o=overrides, p=per_stage, nm=name: flow_seconds(tmp / "in", tmp / f"{nm}-{r}", o, p)
             for name, run in runs.items():
                 best[name] = min(best.get(name, float("inf")), run())
-            # The flow's fixed cost: a re-run with every shard finished (flow runs, plan, manifest, artifact, event,
-            # and the top-level run's wait of 0-1 s for its heartbeat thread).
+            # The flow's fixed cost: a re-run with every shard finished (its flow runs, plan, manifest, artifact,
+            # event).
             fixed = flow_seconds(tmp / "in", tmp / f"grouped+png1-{r}", variants["grouped+png1"][0])
             best["fixed"] = min(best.get("fixed", float("inf")), fixed)
         ours, tar_only, raw = write_rates(tmp / "in", tmp / "write", cfg)

@@ -12,6 +12,7 @@ shard's order (one it cannot decode gets an empty one: the loader skips that sam
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,15 +79,20 @@ class FrozenParts:
         """Per raw data sample (a webdataset dict), its cached tensors by name."""
         from mumu.train.samples import BadSample, decode_sample
 
+        forms = sorted({*self.forms, *({"crop": "mumu", "segment": "unimo"}[k] for k in self.image_kinds)} - {"text"})
         views: list[dict] = []
         for raw in samples:  # the loader's own views of the sample, one per prompt form needed
-            forms = {"text", *self.forms, *({"crop": "mumu", "segment": "unimo"}[k] for k in self.image_kinds)}
             decoded = {}
-            for form in sorted(forms):
+            for form in [*forms, "text"]:
+                if form == "text" and decoded:
+                    break  # the caption view comes from another view below, without decoding again
                 try:
                     decoded[form] = decode_sample(raw, form)
                 except BadSample:
                     pass
+            if decoded and "text" not in decoded:  # the caption view: any view's caption and target
+                any_view = next(iter(decoded.values()))
+                decoded["text"] = dataclasses.replace(any_view, segments=[any_view.caption])
             views.append(decoded)
         out: list[dict[str, torch.Tensor]] = [{} for _ in samples]
         for start in range(0, len(samples), batch_size):
