@@ -177,16 +177,19 @@ def memory(model, cfg, length: int) -> dict:
         ctx = torch.empty(1, length, dec.cross_attention_dim, dtype=dec.unet.dtype)
         added = {"text_embeds": torch.empty(1, dec.pooled_dim, dtype=dec.unet.dtype),
                  "time_ids": torch.empty(1, 6, dtype=dec.unet.dtype)}
+        hidden = torch.empty(1, length, model.encoder.hidden_size, dtype=model.encoder.model.dtype)
+        mask = torch.ones(1, length, dtype=torch.long)
     model.train()
     unet_saved = saved_bytes(lambda: dec.unet(latents, torch.tensor([500], device="meta"), encoder_hidden_states=ctx,
                                               added_cond_kwargs=added))
+    connector_saved = saved_bytes(lambda: model.connector(hidden, mask))
     t = model.encoder.model.config.text_config
     # Mistral under LoRA, per token and layer (bf16): residual/norm inputs, q, k, v, attention output, o_proj input
     # (~8 d) + gate, up, act(gate)*up (3 I); with checkpointing only each layer's input (d) is kept.
     lm_full = (8 * t.hidden_size + 3 * t.intermediate_size) * 2 * length * t.num_hidden_layers
     lm_ckpt = t.hidden_size * 2 * length * t.num_hidden_layers
     return {"parameters": sum(p.numel() for p in model.parameters()), "trainable": trainable,
-            "unet_saved_batch1": unet_saved, "lm_saved_batch1": lm_full, "lm_saved_batch1_checkpointed": lm_ckpt}
+            "unet_saved_batch1": unet_saved, "connector_saved_batch1": connector_saved, "lm_saved_batch1": lm_full, "lm_saved_batch1_checkpointed": lm_ckpt}
 
 
 def estimate(label: str, profile: str, overrides: dict, crop_side: int, images: int, text_tokens: int) -> dict:
@@ -221,7 +224,8 @@ def report(results: list[dict], baseline: float) -> None:
         print(f"  parameters {mem['parameters'] / 1e9:.2f} B; trainable "
               + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in mem["trainable"].items())
               + f"; saved for backward at batch 1: UNet {mem['unet_saved_batch1'] / 1e9:.2f} GB (its dtype and "
-              f"checkpointing as the profile sets them), LM under LoRA {mem['lm_saved_batch1'] / 1e9:.2f} GB "
+              f"checkpointing as the profile sets them), connector {mem['connector_saved_batch1'] / 1e9:.2f} GB "
+              f"(fp32), LM under LoRA {mem['lm_saved_batch1'] / 1e9:.2f} GB "
               f"({mem['lm_saved_batch1_checkpointed'] / 1e9:.2f} GB checkpointed; none when frozen)")
 
 
