@@ -73,8 +73,10 @@ def _count_calls(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("overrides, parts", [(VISION, ["latents", "vision"]), (PROMPT, ["latents", "prompt"])],
-                         ids=["vision", "prompt"])
+@pytest.mark.parametrize("overrides, parts", [
+    (VISION, ["latents", "vision"]), (PROMPT, ["latents", "prompt"]),
+    ({**VISION, "train.tune.loader_workers": 2}, ["latents", "vision"]),  # the cache handed to loader workers
+], ids=["vision", "prompt", "vision-2-loader-workers"])
 def test_training_from_the_cache_gives_the_losses_of_training_from_pixels(data, tmp_path, monkeypatch, overrides,
                                                                            parts):
     cfg = load_profile("tiny", overrides)
