@@ -176,3 +176,43 @@ def test_cli_cache_features_without_data_is_one_line(tmp_path, capsys):
     assert main(["cache-features", "--data", str(tmp_path / "nothing")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("mumu: error:") and "manifest.json not found" in err[0]
+
+
+def _key(overrides: dict) -> str:
+    cfg = load_profile("tiny", overrides)
+    return spec_key(cache_spec(cfg.model, cfg.train))
+
+
+@pytest.mark.parametrize("base, field, value", [
+    (VISION, "model.decoder.vae.dtype", "bfloat16"), (VISION, "model.decoder.resolution", 32),
+    (VISION, "model.decoder.vae", {"config": {}, "seed": 3}), (VISION, "model.encoder.model.seed", 11),
+    (VISION, "model.encoder.model.dtype", "bfloat16"), (VISION, "train.tune.prompt_mode", "unimo"),
+    (PROMPT, "model.encoder.image_feature_norm", "none"), (PROMPT, "model.encoder.bypass_resampler", False),
+    (PROMPT, "model.encoder.image_tokens", 9), (PROMPT, "model.encoder.max_text_tokens", 48),
+    (PROMPT, "train.tune.prompt_mode", "mumu"), (PROMPT, "model.encoder.model.seed", 11),
+])
+def test_the_key_changes_with_every_value_the_cached_outputs_depend_on(base, field, value):
+    assert _key({**base, field: value}) != _key(base)
+
+
+@pytest.mark.parametrize("base, field, value", [
+    (VISION, "train.tune.lr.unet", 0.5), (VISION, "model.connector.layers", 2), (VISION, "train.features.use", "off"),
+    (VISION, "train.features.batch_size", 3), (VISION, "model.encoder.image_tokens", 9),
+    (VISION, "model.encoder.gradient_checkpointing", True), (PROMPT, "model.encoder.padding_side", "left"),
+    (PROMPT, "model.decoder.unet.seed", 9), (PROMPT, "train.tune.augment.share", 0.2),
+])
+def test_the_key_ignores_what_the_cached_outputs_do_not_depend_on(base, field, value):
+    assert _key({**base, field: value}) == _key(base)
+
+
+def test_a_refitted_bundled_vae_gets_another_key(tmp_path, monkeypatch):
+    import mumu.config.base as base
+
+    shutil.copytree(base.BUNDLED_DIR / "tiny_vae", tmp_path / "tiny_vae")
+    monkeypatch.setattr(base, "BUNDLED_DIR", tmp_path)
+    before = _key(VISION)
+    weights = tmp_path / "tiny_vae" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    assert _key(VISION) != before

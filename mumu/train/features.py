@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from data_schemas import ShardReport
 from data_schemas.features import FEATURES_VERSION, FeatureShardReport
+from mumu.config.base import BUNDLED_PREFIX, ModelSource
 from mumu.config.model import ModelConfig
 from mumu.config.train import TrainConfig
 from mumu.errors import UserError
@@ -44,15 +45,29 @@ def prompt_forms(train: TrainConfig) -> list[str]:
     return sorted(forms)
 
 
+def _source(src: ModelSource) -> dict:
+    """A model source as the key sees it. Weights the package ships (`bundled:NAME`) are hashed too: a refitted
+    bundled model keeps its name. Hub ids are as exact as their `revision`; a local directory is taken by its path
+    (point a changed one at a new path, or delete its cache)."""
+    out = src.model_dump(mode="json")
+    if src.pretrained is not None and src.pretrained.startswith(BUNDLED_PREFIX):
+        digest = hashlib.sha256()
+        for f in sorted(Path(src.location).rglob("*")):
+            if f.is_file():
+                digest.update(f.relative_to(src.location).as_posix().encode() + b"\0" + f.read_bytes())
+        out["weights_sha256"] = digest.hexdigest()
+    return out
+
+
 def cache_spec(model: ModelConfig, train: TrainConfig) -> dict | None:
     """What the cache holds for this model and training config, or None when nothing applies."""
     want, enc, dec = train.features, model.encoder, model.decoder
     parts: dict = {}
     if want.latents:  # the VAE is always frozen
-        parts["latents"] = {"vae": dec.vae.model_dump(mode="json"), "resolution": dec.resolution}
+        parts["latents"] = {"vae": _source(dec.vae), "resolution": dec.resolution}
     forms = prompt_forms(train)
     image_forms = [f for f in forms if f in IMAGE_KIND]
-    encoder_source = enc.model.model_dump(mode="json")
+    encoder_source = _source(enc.model)
     if want.prompt and enc.freeze_vision and enc.train_language_model == "frozen":
         # The hidden states of the whole prompt: they stand for the vision features too.
         parts["prompt"] = {
