@@ -13,6 +13,7 @@ shard's order (one it cannot decode gets an empty one: the loader skips that sam
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,12 @@ def _data_samples(path: Path):
         yield from wds.tariterators.group_by_keys(files)
 
 
+def _chunks(items, n: int):
+    it = iter(items)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
 def cache_shard(plan: CachePlan, shard: ShardReport, parts: FrozenParts, batch_size: int) -> FeatureShardReport:
     """The sidecar of one data shard (skipped when finished): tar first, then its report."""
     folder = plan.folder
@@ -163,27 +170,29 @@ def cache_shard(plan: CachePlan, shard: ShardReport, parts: FrozenParts, batch_s
     data_path = Path(plan.data_dir) / shard.name
     if sha256_file(data_path) != shard.sha256:
         raise UserError(f"{data_path} is not the shard its report describes (sha256 differs): run build-data again")
-    samples = list(_data_samples(data_path))
-    if len(samples) != shard.written:
-        raise UserError(f"{data_path}: {len(samples)} samples, its report says {shard.written}")
-    tensors = parts.compute(samples, batch_size)
     counts: Counter = Counter()
+    n = 0
     with atomic_path(folder / shard.name) as tmp, open(tmp, "wb") as f:
         writer = wds.TarWriter(f, user="mumu", group="mumu", mode=0o444, encoder=False, mtime=0.0)
-        for raw, named in zip(samples, tensors):
-            # per part: "posterior", "vision" (images), "prompt/<form>"
-            counts.update(n if n.startswith("prompt/") else n.split("/")[0] for n in named
-                          if not n.startswith("prompt_ids/"))
-            counts["empty"] += not named
-            # One metadata entry: safetensors writes its metadata map in no fixed order, and sidecars must be
-            # byte-identical across runs.
-            blob = save_tensors({k: v.detach().contiguous().cpu().clone() for k, v in named.items()},
-                                metadata={"cache_key": plan.key})
-            writer.write({"__key__": raw["__key__"], MEMBER: blob})
+        # A batch at a time: a real shard (1,000 samples, MBs of features each) never sits in memory whole.
+        for chunk in _chunks(_data_samples(data_path), batch_size):
+            for raw, named in zip(chunk, parts.compute(chunk, batch_size)):
+                # per part: "posterior", "vision" (images), "prompt/<form>"
+                counts.update(k if k.startswith("prompt/") else k.split("/")[0] for k in named
+                              if not k.startswith("prompt_ids/"))
+                counts["empty"] += not named
+                # One metadata entry: safetensors writes its metadata map in no fixed order, and sidecars must be
+                # byte-identical across runs.
+                blob = save_tensors({k: v.detach().contiguous().cpu().clone() for k, v in named.items()},
+                                    metadata={"cache_key": plan.key})
+                writer.write({"__key__": raw["__key__"], MEMBER: blob})
+                n += 1
         writer.close()
+        if n != shard.written:  # before the rename: a sidecar that does not match its data shard is never seen
+            raise UserError(f"{data_path}: {n} samples, its report says {shard.written}")
     path = folder / shard.name
     report = FeatureShardReport(shard=shard.shard, name=shard.name, key=plan.key, data_sha256=shard.sha256,
-                                samples=len(samples), sha256=sha256_file(path), bytes=path.stat().st_size,
+                                samples=n, sha256=sha256_file(path), bytes=path.stat().st_size,
                                 tensors=dict(sorted(counts.items())))
     write_json_atomic(sidecar_report_path(folder, shard.shard), report.model_dump(mode="json"))
     return report
