@@ -170,6 +170,9 @@ def test_the_stage_skips_finished_sidecars_resumes_a_killed_run_and_reconciles(d
     assert computed == [4]  # only shard 1's samples
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # deterministic: byte-identical
     assert again == first
+    # Training finds it for the data folder given as a directory too (the loader lists its shards).
+    cache, line = find_cache([str(data)], cfg.model, cfg.train)
+    assert sorted(cache.sidecars.values()) == [str(folder / s.name) for s in first.shards] and first.key in line
 
 
 def test_cli_cache_features_without_data_is_one_line(tmp_path, capsys):

@@ -136,6 +136,9 @@ def find_cache(data_urls: list[str], model: ModelConfig, train: TrainConfig) -> 
     if spec is None:
         return without("this model and config have nothing to cache (train.features)")
     key = spec_key(spec)
+    from mumu.train.data import expand_shard_urls  # (that module reads the cache this one finds)
+
+    data_urls = expand_shard_urls(data_urls)  # the urls the loader will draw: directories and braces expanded
     if any("://" in u or u.startswith("pipe:") for u in data_urls):
         return without("the shards are not local files, so no feature cache is looked for")
     sidecars, missing = {}, []
