@@ -4,10 +4,11 @@
 
 One process, tiny profile, the bundled samples (mumu/samples/scenes), a fresh output folder per run:
   - direct:  the plain functions the flows' tasks call, stage after stage: mumu.data.stages.run_local
-             (build-data), mumu.train.loop.train for pretrain then tune (the arguments tasks/train.py
+             (build-data), mumu.train.feature_stage's plan / cache_shard / manifest (cache-features; its
+             shards on the pool), mumu.train.loop.train for pretrain then tune (the arguments tasks/train.py
              passes), then evaluate as tasks/evaluate.py + flows/evaluate.py do it: per benchmark,
              runner.generate_chunk over the chunks (batched sampler) and runner.score; runner.write_report;
-  - prefect: flows.pipeline.pipeline(...) (build-data → pretrain → tune → evaluate subflows);
+  - prefect: flows.pipeline.pipeline(...) (build-data → cache-features → pretrain → tune → evaluate subflows);
   - direct, threads: the direct path with the flow's schedule: shards (stages.run_shard) and generation
              chunks mapped on a thread pool of the size the thread task runner uses (flows/runners.py),
              as the build-shards / generate-benchmark subflows do. prefect vs this one is Prefect's own
@@ -45,7 +46,7 @@ import torch
 from mumu import SAMPLES_DIR
 from mumu.config import config_hash, load_profile
 
-STAGES = ("build-data", "pretrain", "tune", "evaluate")
+STAGES = ("build-data", "cache-features", "pretrain", "tune", "evaluate")
 # The warm-up run: every code path once, at a fraction of the cost.
 WARM = {"train.pretrain.max_steps": 2, "train.tune.max_steps": 2, "eval.samples_per_prompt": 1,
         "eval.sampler.steps": 2, "eval.benchmark.max_subjects": 2, "eval.benchmark.max_templates": 1,
@@ -67,6 +68,7 @@ def run_direct(out: Path, overrides: dict, threads: int = 1) -> dict[str, float]
     from mumu.eval.benchmarks import build_benchmarks, chunk
     from mumu.generate import MumuSampler
     from mumu.runs import model_dir
+    from mumu.train import feature_stage
     from mumu.train.loop import train
     from tasks.common import cached_model, worker_device
 
@@ -90,6 +92,14 @@ def run_direct(out: Path, overrides: dict, threads: int = 1) -> dict[str, float]
         reports = list(pool.map(lambda s: stages.run_shard(s, out / "data", data, *models), shards))
         stages.write_manifest(out / "data", reports, config_hash(data))
     lap("build-data")
+
+    plan = feature_stage.plan_cache(out / "data", cfg.model, cfg.train)
+    parts = cached_model("frozen-parts", f"{cfg.model.model_dump_json()}|{plan.key}", dev,
+                         lambda: feature_stage.FrozenParts(cfg.model, plan.spec, dev))
+    sidecars = list(pool.map(lambda s: feature_stage.cache_shard(plan, s, parts, cfg.train.features.batch_size),
+                             plan.shards))
+    feature_stage.write_cache_manifest(plan, sidecars)
+    lap("cache-features")
 
     def on_log(step, m):  # what train_stage logs, to a logger that is not sent anywhere
         log.info("step %d: loss %.4f (diffusion %.4f, attn %.4f)", step, m["loss"], m["diffusion"], m["attn"])

@@ -6,10 +6,13 @@ Same tiny UNet weights, same batch (2 targets at the profile's resolution, one p
 - bare:   VAE encode (no grad) -> DDPM noise -> UNet(fixed encoder states, text_time) -> MSE -> backward -> AdamW
 - mumu:   prepare(examples) -> training_loss (Idefics2 encoder + connector + the same UNet) -> backward -> AdamW
 - mumu+attn: the same with the attention-mask loss (attn2 probabilities materialised, captured, reduced)
+- cached:  mumu with the feature cache (models/cached.py): the targets' VAE posteriors and the crops' vision-tower
+           grids computed once, outside the timer, as `mumu cache-features` does (the tiny encoder trains LoRA, so
+           its prompt states are not cacheable)
 - prompt:  prepare + encoder + connector alone (forward + backward): the part the bare step does not have
-Steps are interleaved (bare, mumu, mumu+attn, bare, ...) so load from other processes hits all three
-alike; medians are reported. Prints the ratios (targets: mumu/bare <= 1.15, attn/no-attn <= 1.2) and
-the peak RSS.
+Steps are interleaved (bare, mumu, mumu+attn, cached, prompt, bare, ...) so load from other processes hits
+all alike; medians are reported. Prints the ratios (targets: mumu/bare <= 1.15, attn/no-attn <= 1.2; cached vs
+uncached vs bare) and the peak RSS.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from mumu.config import load_profile  # noqa: E402
 from mumu.config.train import AttnLossConfig  # noqa: E402
 from mumu.train.data import Example  # noqa: E402
 from mumu.train.optim import step_generator  # noqa: E402
+from models.cached import CachedFeatures  # noqa: E402
 
 
 def examples(res: int) -> list[Example]:
@@ -94,6 +98,27 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    # The cache of these two examples, as cache-features computes it (eval mode, no grad).
+    from models.mumu_model import target_pixels
+
+    with torch.no_grad():
+        model.eval()
+        posteriors = model.decoder.encode_posterior(torch.stack([target_pixels(ex.image, prof.model.decoder.resolution)[0]
+                                                                 for ex in exs]))
+        crops = [seg for seg in exs[0].prompt if isinstance(seg, PIL.Image.Image)]
+        grids = model.encoder.vision_grids(*model.encoder.preprocess_images(crops))
+        model.train()
+    cached_exs = [Example(ex.key, ex.prompt, ex.image, ex.entity_masks,
+                          CachedFeatures(posterior=posteriors[b], images=tuple(grids) if b == 0 else ()))
+                  for b, ex in enumerate(exs)]
+
+    def cached_step(i: int) -> None:
+        out = model.training_loss(model.prepare(cached_exs), step_generator(0, i), AttnLossConfig(weight=0.0),
+                                  cfg_dropout=0.1)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
     def prompt_only(i: int) -> None:
         """What mumu adds in front of the UNet: prepare + Idefics2 encoder + connector, forward and backward."""
         cond = model.encode_tokens(model.prepare(exs).tokens)
@@ -101,7 +126,7 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
 
     runs = {"bare": bare_step, "mumu": lambda i: mumu_step(i, 0.0), "mumu+attn": lambda i: mumu_step(i, 0.1),
-            "prompt": prompt_only}
+            "cached": cached_step, "prompt": prompt_only}
     # CPU time of this process (process_time) is what the comparison needs on a shared box: other
     # processes' load inflates wall time by preemption, not our CPU seconds. Wall time is printed too.
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -126,6 +151,8 @@ def main() -> None:
               f"prompt encoding alone {d['prompt'] / d['bare']:.2f}x bare, "
               f"(mumu - prompt) / bare {(d['mumu'] - d['prompt']) / d['bare']:.2f}x")
         print(f"[{label}] with / without attention loss: {d['mumu+attn'] / d['mumu']:.2f}x  (target <= 1.2)")
+        print(f"[{label}] cached / bare {d['cached'] / d['bare']:.2f}x, uncached (mumu) / bare "
+              f"{d['mumu'] / d['bare']:.2f}x, cached / uncached {d['cached'] / d['mumu']:.2f}x")
     print(f"peak RSS: {peak_mb:.0f} MB")
 
 

@@ -1,54 +1,50 @@
-"""Counts behind docs/sdxl_estimate.md: parameters, forward FLOPs and saved activations of the mumu-sdxl
-model, measured on PyTorch's meta device (shapes only, no weights, no GPU, seconds on a laptop).
+"""Counts behind docs/sdxl_estimate.md and docs/feature_cache.md: FLOPs per training sample of the real profiles
+(mumu-sdxl = MUMU's recipe, unimo-g = UNIMO-G's with the MLLM frozen) with and without the feature cache, the
+bytes the cache stores per sample, parameters and the activation memory behind the per-GPU estimate.
 
-    python bench/sdxl_estimate.py
+    python bench/sdxl_estimate.py [--crop-side 980] [--images 3] [--text-tokens 58] [--json]
 
-FLOPs: torch.utils.flop_counter.FlopCounterMode over one forward (matmuls, convolutions, SDPA).
-Activations: bytes of every tensor autograd saves for backward (saved_tensors_hooks), batch 1, bf16.
-The SDXL UNet and Idefics2-8B configs are written out here (their published config.json values), since
-no hub is reachable offline.
+Each profile's MumuModel is assembled from the published configs bundled in models/configs/ inside
+models.hf.empty_weights() (PyTorch's meta device: shapes only, no weights, seconds on a laptop). Forward FLOPs
+come from torch.utils.flop_counter.FlopCounterMode on those modules (UNet, VAE encoder, modality projection,
+perceiver, connector), except the SigLIP tower and the Mistral LM, whose mask helpers read values (.item()),
+which meta tensors refuse: they are counted by the formulas written next to them. A multiply-add counts 2.
+
+Per sample: `--images` prompt images (MUMU's maximum: 3) of `--crop-side` px after Idefics2's processor (it
+keeps a crop's size between 378 and 980 px a side, and pads a batch to its largest crop: 980 is what a batch
+with one large crop costs every crop), a caption of `--text-tokens` tokens, a 1024 px target.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+from contextlib import contextmanager
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
 
-SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4,
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    block_out_channels=[320, 640, 1280], layers_per_block=2, transformer_layers_per_block=[1, 2, 10],
-    attention_head_dim=[5, 10, 20], cross_attention_dim=2048, use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
-IDEFICS2_8B = dict(
-    vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                       patch_size=14, image_size=980),
-    perceiver_config=dict(hidden_size=4096, resampler_n_latents=64, resampler_depth=3, resampler_n_heads=16,
-                          resampler_head_dim=96, num_key_value_heads=4),
-    text_config=dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                     num_key_value_heads=8, vocab_size=32003, max_position_embeddings=32768),
-)
-TEXT_TOKENS = 256  # encoder.max_text_tokens: 3 images x (64 + 2) + ~58 text tokens
-CROP_SIDE = 980  # Idefics2's longest_edge: one crop = 70 x 70 patches of 14 px
-BF16 = 2
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from mumu.config import load_profile  # noqa: E402
+from models.hf import empty_weights  # noqa: E402
 
-def count(module, trainable_only=False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+# (label, profile, overrides): the profiles as they are, and mumu-sdxl with the vision cache its rule leaves off.
+PROFILES = (("mumu-sdxl", "mumu-sdxl", {}), ("mumu-sdxl + vision cache", "mumu-sdxl", {"train.features.vision": True}),
+            ("unimo-g", "unimo-g", {}))
+BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def fwd_flops(fn) -> int:
     with FlopCounterMode(display=False) as fc:
         fn()
-    return fc.get_total_flops()
+    return int(fc.get_total_flops())
 
 
 def saved_bytes(fn) -> int:
-    """Activation bytes saved for backward: weights (and views of them) excluded, each tensor once."""
+    """Activation bytes autograd saves for backward: weights (and views of them) excluded, each tensor once."""
     total, seen = 0, set()
 
     def pack(t):
@@ -64,64 +60,182 @@ def saved_bytes(fn) -> int:
     return total
 
 
-def unet_numbers(lora_r: int = 32) -> dict:
-    from diffusers import UNet2DConditionModel
-    from peft import LoraConfig
-
+@contextmanager
+def meta_inputs():
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**SDXL_UNET).to(torch.bfloat16)
-    full_params = count(unet)
-    lat = torch.empty(1, 4, 128, 128, device="meta", dtype=torch.bfloat16)
-    ctx = torch.empty(1, TEXT_TOKENS, 2048, device="meta", dtype=torch.bfloat16)
-    added = {"text_embeds": torch.empty(1, 1280, device="meta", dtype=torch.bfloat16),
-             "time_ids": torch.empty(1, 6, device="meta", dtype=torch.bfloat16)}
-    t = torch.tensor([500], device="meta")
-    run = lambda: unet(lat, t, encoder_hidden_states=ctx, added_cond_kwargs=added)  # noqa: E731
-    out = {"params": full_params, "forward_flops": fwd_flops(run), "saved_full": saved_bytes(run)}
-    unet.enable_gradient_checkpointing()
-    unet.train()
-    out["saved_ckpt"] = saved_bytes(run)
-    unet.disable_gradient_checkpointing()
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=lora_r, lora_alpha=lora_r, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    out["lora_params"] = count(unet, trainable_only=True)
-    out["saved_lora"] = saved_bytes(run)  # frozen weights: inputs of frozen linears need not be saved
+        yield
+
+
+def part_flops(model, cfg, crop_side: int, images: int, text_tokens: int) -> dict:
+    """Forward FLOPs of one sample's pass through each part, and the sample's prompt length."""
+    enc, dec = model.encoder, model.decoder
+    vcfg, tcfg = enc.model.config.vision_config, enc.model.config.text_config
+    dtype = enc.model.dtype
+    n_patch = (crop_side // vcfg.patch_size) ** 2
+    per_image = enc.image_seq_len + 2  # its tokens + the two <fake_token_around_image>
+    length = text_tokens + images * per_image
+    res = cfg.model.decoder.resolution
+    lat = res // dec.vae_scale_factor
+    with meta_inputs():
+        pixels = torch.empty(1, 3, res, res, dtype=dec.vae.dtype)
+        latents = torch.empty(1, 4, lat, lat, dtype=dec.unet.dtype)
+        ctx = torch.empty(1, length, dec.cross_attention_dim, dtype=dec.unet.dtype)
+        added = {"text_embeds": torch.empty(1, dec.pooled_dim, dtype=dec.unet.dtype),
+                 "time_ids": torch.empty(1, 6, dtype=dec.unet.dtype)}
+        feats = torch.empty(1, n_patch, vcfg.hidden_size, dtype=dtype)
+        hidden = torch.empty(1, length, enc.hidden_size, dtype=dtype)
+        mask = torch.ones(1, length, dtype=torch.long)
+    out = {"tokens": length, "patches_per_image": n_patch}
+    out["unet"] = fwd_flops(lambda: dec.unet(latents, torch.tensor([500], device="meta"), encoder_hidden_states=ctx,
+                                             added_cond_kwargs=added))
+    out["vae_encoder"] = fwd_flops(lambda: dec.vae.encode(pixels))
+    # SigLIP, per image: per layer 2N(4d^2 + 2dI) for q, k, v, o and the MLP + 4N^2 d for QK^T and AV; patch conv.
+    d, i_, layers, ps = vcfg.hidden_size, vcfg.intermediate_size, vcfg.num_hidden_layers, vcfg.patch_size
+    out["vision_tower"] = images * (layers * (2 * n_patch * (4 * d * d + 2 * d * i_) + 4 * n_patch ** 2 * d)
+                                    + 2 * n_patch * d * 3 * ps * ps)
+    projection = enc.model.connector.modality_projection
+    proj = fwd_flops(lambda: projection(feats))
+    # The backward of a LoRA'd projection whose input needs no gradient: the LoRA weights' gradients (small) and the
+    # gradient at down_proj's input, which the gate/up LoRAs need (one more down_proj matmul).
+    down_in = 2 * n_patch * projection.down_proj.in_features * projection.down_proj.out_features
+    out["projection"], out["projection_backward"] = images * proj, images * down_in
+    if not cfg.model.encoder.bypass_resampler:
+        import transformers.masking_utils as masking
+
+        with meta_inputs():
+            ctx_img = torch.empty(1, n_patch, enc.hidden_size, dtype=dtype)
+            img_mask = torch.ones(1, n_patch, dtype=torch.bool)
+        resampler = enc.model.connector.perceiver_resampler
+        # transformers asks whether a mask may be skipped by reading its values: answer "no" (same FLOPs).
+        skip, masking._ignore_bidirectional_mask_sdpa = masking._ignore_bidirectional_mask_sdpa, lambda *a, **k: False
+        try:
+            out["perceiver"] = images * fwd_flops(lambda: resampler(ctx_img, img_mask))
+        finally:
+            masking._ignore_bidirectional_mask_sdpa = skip
+    # Mistral: 2 FLOPs per non-embedding weight per token + 4 T^2 d per layer (QK^T and AV).
+    non_emb = sum(p.numel() for p in enc.model.text_model.parameters()) - tcfg.vocab_size * tcfg.hidden_size
+    out["language_model"] = 2 * non_emb * length + tcfg.num_hidden_layers * 4 * length ** 2 * tcfg.hidden_size
+    out["connector"] = fwd_flops(lambda: model.connector(hidden, mask))
     return out
 
 
-def encoder_numbers(lora_r: int = 16) -> dict:
-    from peft import LoraConfig, inject_adapter_in_model
-    from transformers import Idefics2Config, Idefics2Model
+def step_flops(f: dict, cfg, cached: bool) -> dict:
+    """FLOPs of one training sample per part: forward x the multiplier the profile's training implies.
 
-    cfg = Idefics2Config(**IDEFICS2_8B)
-    with torch.device("meta"):
-        model = Idefics2Model(cfg).to(torch.bfloat16)
-    out = {"params": count(model), "vision_params": count(model.vision_model), "text_params": count(model.text_model),
-           "projection_params": count(model.connector.modality_projection)}
-    n_patch = (CROP_SIDE // 14) ** 2
-    # SigLIP tower, counted by formula (its padding-mask helper calls .item(), which meta tensors refuse):
-    # per layer 2*N*(4 d^2 + 2 d I) for the projections and MLP + 4*N^2*d for QK^T and AV; plus the patch conv.
-    v = IDEFICS2_8B["vision_config"]
-    d, i_, layers = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
-    out["vision_flops_per_crop"] = layers * (2 * n_patch * (4 * d * d + 2 * d * i_) + 4 * n_patch**2 * d) \
-        + 2 * n_patch * d * 3 * 14 * 14
-    feats = torch.empty(1, n_patch, 1152, device="meta", dtype=torch.bfloat16)
-    out["projection_flops_per_crop"] = fwd_flops(lambda: model.connector.modality_projection(feats))
-    model.requires_grad_(False)
-    inject_adapter_in_model(LoraConfig(r=lora_r, lora_alpha=2 * lora_r,
-                                       target_modules=r"text_model\..*\.(q_proj|k_proj|v_proj|o_proj)"), model)
-    out["text_lora_params"] = count(model, trainable_only=True)
-    # Mistral forward by formula (its mask helpers also call .item()): 2 FLOPs per weight per token for
-    # every non-embedding weight + 4*T^2*d per layer for QK^T and AV.
-    t_cfg = IDEFICS2_8B["text_config"]
-    non_emb = out["text_params"] - t_cfg["vocab_size"] * t_cfg["hidden_size"]
-    out["text_flops"] = 2 * non_emb * TEXT_TOKENS + t_cfg["num_hidden_layers"] * 4 * TEXT_TOKENS**2 * t_cfg["hidden_size"]
-    # Saved for backward per token and layer (bf16): residual/norm inputs, q, k, v, attention output, o_proj
-    # input (~8 x d, k/v are 1/4 size with 8 kv heads) + gate, up, act(gate)*up (3 x intermediate).
-    per_tok_layer = (8 * t_cfg["hidden_size"] + 3 * t_cfg["intermediate_size"]) * BF16
-    out["text_saved_lora"] = per_tok_layer * TEXT_TOKENS * t_cfg["num_hidden_layers"]
+    Trained fully: 3F (forward + activation and weight gradients); frozen weights that gradients pass through
+    (LoRA layers, or parts upstream of trained ones): 2F (LoRA weight gradients ~2 % extra, left out); frozen with
+    nothing trained upstream: F, under no_grad; gradient checkpointing: +F. With the cache a cached part costs
+    nothing, except its share computed from pixels (MUMU's augmented crops)."""
+    m, tr, feat = cfg.model, cfg.train, cfg.train.features
+    enc, dec = m.encoder, m.decoder
+    lora_lm, lora_proj = enc.train_language_model == "lora", enc.train_language_model == "lora" and enc.lora_projector
+    aug = max(tr.pretrain.augment.share, tr.tune.augment.share)
+    unet_mult = {"full": 3, "lora": 2, "frozen": 1}[dec.train] + dec.gradient_checkpointing
+    lm_mult = (2 if enc.train_language_model != "frozen" else 1) + (enc.gradient_checkpointing and lora_lm)
+    out = {
+        "unet": unet_mult * f["unet"],
+        "vae_encoder": 0 if cached and feat.latents else f["vae_encoder"],
+        "vision_tower": f["vision_tower"],
+        "projection": f["projection"] + (f["projection_backward"] if lora_proj else 0),
+        "perceiver": f.get("perceiver", 0),
+        "language_model": lm_mult * f["language_model"],
+        "connector": 3 * f["connector"],
+    }
+    prompt_cached = cached and feat.prompt and enc.train_language_model == "frozen" and enc.freeze_vision
+    if prompt_cached:  # the whole prompt path comes from disk (UNIMO-G: no augmentation)
+        out.update(vision_tower=aug * out["vision_tower"], projection=aug * out["projection"],
+                   perceiver=aug * out["perceiver"], language_model=aug * out["language_model"])
+    elif cached and feat.vision and enc.freeze_vision:  # only augmented crops go through the tower
+        out["vision_tower"] = aug * out["vision_tower"]
+    out["total"] = sum(out.values())
     return out
+
+
+def cache_bytes(f: dict, cfg, images: int, text_tokens: int) -> dict:
+    """Bytes the cache stores per sample, per part (tensor data; safetensors and tar headers add ~1 KB)."""
+    m, feat = cfg.model, cfg.train.features
+    res, enc = m.decoder.resolution, m.encoder
+    out = {}
+    if feat.latents:
+        out["posterior"] = 2 * 4 * (res // 8) ** 2 * BYTES[m.decoder.vae.dtype]
+    width = BYTES[enc.model.dtype]
+    if feat.prompt and enc.train_language_model == "frozen" and enc.freeze_vision:
+        forms = {"text": text_tokens + 1, "multimodal": f["tokens"]}  # + BOS
+        out["prompt"] = sum(n * (4096 * width + 8) for n in forms.values())
+    elif feat.vision and enc.freeze_vision:
+        out["vision"] = images * f["patches_per_image"] * 1152 * width
+    return out
+
+
+def memory(model, cfg, length: int) -> dict:
+    """Parameters (trainable ones at 16 B each under AdamW) and activations saved for backward at batch 1."""
+    dec = model.decoder
+    trainable = {k: sum(p.numel() for p in v) for k, v in model.parameter_groups().items()}
+    res = cfg.model.decoder.resolution // dec.vae_scale_factor
+    with meta_inputs():
+        latents = torch.empty(1, 4, res, res, dtype=dec.unet.dtype)
+        ctx = torch.empty(1, length, dec.cross_attention_dim, dtype=dec.unet.dtype)
+        added = {"text_embeds": torch.empty(1, dec.pooled_dim, dtype=dec.unet.dtype),
+                 "time_ids": torch.empty(1, 6, dtype=dec.unet.dtype)}
+        hidden = torch.empty(1, length, model.encoder.hidden_size, dtype=model.encoder.model.dtype)
+        mask = torch.ones(1, length, dtype=torch.long)
+    model.train()
+    unet_saved = saved_bytes(lambda: dec.unet(latents, torch.tensor([500], device="meta"), encoder_hidden_states=ctx,
+                                              added_cond_kwargs=added))
+    connector_saved = saved_bytes(lambda: model.connector(hidden, mask))
+    t = model.encoder.model.config.text_config
+    # Mistral under LoRA, per token and layer (bf16): residual/norm inputs, q, k, v, attention output, o_proj input
+    # (~8 d) + gate, up, act(gate)*up (3 I); with checkpointing only each layer's input (d) is kept.
+    lm_full = (8 * t.hidden_size + 3 * t.intermediate_size) * 2 * length * t.num_hidden_layers
+    lm_ckpt = t.hidden_size * 2 * length * t.num_hidden_layers
+    return {"parameters": sum(p.numel() for p in model.parameters()), "trainable": trainable,
+            "unet_saved_batch1": unet_saved, "connector_saved_batch1": connector_saved, "lm_saved_batch1": lm_full, "lm_saved_batch1_checkpointed": lm_ckpt}
+
+
+def estimate(label: str, profile: str, overrides: dict, crop_side: int, images: int, text_tokens: int) -> dict:
+    from models.mumu_model import MumuModel
+
+    cfg = load_profile(profile, overrides)
+    with empty_weights():
+        model = MumuModel.from_config(cfg.model)
+    f = part_flops(model, cfg, crop_side, images, text_tokens)
+    return {"profile": label, "forward": f, "uncached": step_flops(f, cfg, False),
+            "cached": step_flops(f, cfg, True), "cache_bytes": cache_bytes(f, cfg, images, text_tokens),
+            "memory": memory(model, cfg, f["tokens"])}
+
+
+def report(results: list[dict], baseline: float) -> None:
+    for r in results:
+        print(f"\n{r['profile']}: {r['forward']['tokens']} prompt tokens, {r['forward']['patches_per_image']} "
+              f"patches an image")
+        print(f"  {'part':16s} {'forward T':>10s} {'uncached T':>11s} {'cached T':>9s}")
+        for part in r["uncached"]:
+            fwd = f"{r['forward'][part] / 1e12:10.2f}" if part in r["forward"] else " " * 10
+            print(f"  {part:16s} {fwd} {r['uncached'][part] / 1e12:11.2f} {r['cached'][part] / 1e12:9.2f}")
+        u, c = r["uncached"]["total"], r["cached"]["total"]
+        print(f"  cached / uncached {c / u:.2f}x; cached / {baseline / 1e12:.1f} T (the stale estimate's total) "
+              f"{c / baseline:.2f}x; uncached / {baseline / 1e12:.1f} T {u / baseline:.2f}x")
+        saved = {"posterior": r["forward"]["vae_encoder"], "vision": r["uncached"]["vision_tower"]
+                 - r["cached"]["vision_tower"], "prompt": u - c - r["forward"]["vae_encoder"]}
+        for part, n in r["cache_bytes"].items():
+            print(f"  cache {part:10s} {n / 1e6:8.2f} MB/sample, saves {saved[part] / 1e12:6.2f} T: "
+                  f"{saved[part] / n / 1e6:6.2f} MFLOP per byte")
+        mem = r["memory"]
+        print(f"  parameters {mem['parameters'] / 1e9:.2f} B; trainable "
+              + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in mem["trainable"].items())
+              + f"; saved for backward at batch 1: UNet {mem['unet_saved_batch1'] / 1e9:.2f} GB (its dtype and "
+              f"checkpointing as the profile sets them), connector {mem['connector_saved_batch1'] / 1e9:.2f} GB "
+              f"(fp32), LM under LoRA {mem['lm_saved_batch1'] / 1e9:.2f} GB "
+              f"({mem['lm_saved_batch1_checkpointed'] / 1e9:.2f} GB checkpointed; none when frozen)")
 
 
 if __name__ == "__main__":
-    print(json.dumps({"unet": unet_numbers(), "encoder": encoder_numbers()}, indent=2))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--crop-side", type=int, default=980)
+    ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--text-tokens", type=int, default=58)
+    ap.add_argument("--baseline", type=float, default=59.7e12, help="the stale estimate's FLOPs per sample")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    rows = [estimate(*p, a.crop_side, a.images, a.text_tokens) for p in PROFILES]
+    print(json.dumps(rows, indent=1, default=float)) if a.json else report(rows, a.baseline)

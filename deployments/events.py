@@ -2,7 +2,8 @@
 
     mumu.data.landed      new input files under a watched folder   → run build-data on that folder
     mumu.stage.completed  a stage flow finished, resource mumu.stage.<stage>, payload {"out": ..., ...}
-                          → run the next stage on that output (build-data → pretrain → tune → evaluate)
+                          → run the next stage on that output (build-data → cache-features → pretrain → tune
+                          → evaluate; cache-features announces the data folder it cached, so pretrain reads it)
 
 A stage only *chains* (label "mumu.chain" = "true") when it ran as a top-level deployment run. A stage
 running as a subflow of the pipeline flow, or from the `mumu` CLI, still emits its event (it is visible

@@ -1,5 +1,5 @@
 """Smoke test of the whole event chain on a throw-away local server: files land → watch-inputs →
-build-data → pretrain → tune → evaluate, every run on a process worker, tiny profile.
+build-data → cache-features → pretrain → tune → evaluate, every run on a process worker, tiny profile.
 
     python -m deployments.smoke [--keep DIR] [--database-url postgresql+asyncpg://USER@HOST:PORT/DB]
 

@@ -1,7 +1,8 @@
 """build-data: text–image pairs → multimodal-prompt webdataset shards.
 
     plan-shards → build-shards: ingest → caption → entities → detect → segment → compose → write-shard
-                  (a subflow on the profile's task runner, mapped over shards)  → write-manifest
+                  (a subflow on the profile's task runner: build-shard-group mapped over groups of
+                  runtime.shards_per_task shards)  → write-manifest
 
 Finished shards (their report exists) are skipped, so a re-run after a crash resumes where it stopped.
 """
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from deployments.events import emit_stage_completed
 from data_schemas import ShardReport
-from flows.runners import task_runner
+from flows.runners import shard_groups, task_runner
 from mumu.config import config_hash, load_profile
 from mumu.config.data import DataConfig
 from mumu.config.runtime import RuntimeConfig
@@ -64,19 +65,15 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
 @flow(name="build-shards", validate_parameters=False)
 def build_shards(todo: list[stages.InputShard], out: str, data: DataConfig, runtime: RuntimeConfig,
                  already_done: int = 0) -> list[ShardReport]:
-    """ingest → caption → entities → detect → segment → compose → write-shard, mapped over `todo`."""
+    """ingest → caption → entities → detect → segment → compose → write-shard for every shard of `todo`, in
+    build-shard-group task runs of runtime.shards_per_task shards (flows/runners.py shard_groups)."""
     retry = retry_options(runtime)
-    work = t.ingest.with_options(**retry).map(todo, unmapped(data.ingest))
-    work = t.caption.with_options(**retry).map(work, unmapped(data.caption), unmapped(runtime))
-    work = t.find_entities.with_options(**retry).map(work, unmapped(data.entities))
-    work = t.detect.with_options(**retry).map(work, unmapped(data.detect), unmapped(runtime))
-    work = t.segment.with_options(**retry).map(work, unmapped(data.segment), unmapped(runtime))
-    work = t.compose.with_options(**retry).map(work, unmapped(data))
-    written = t.write.with_options(**retry).map(work, unmapped(out), unmapped(data))
-
+    written = t.build_shard_group.with_options(**retry).map(shard_groups(todo, runtime), unmapped(out),
+                                                            unmapped(data), unmapped(runtime))
     reports = []
     with tqdm(total=len(todo) + already_done, initial=already_done, desc="build-data shards", unit="shard") as bar:
         for future in as_completed(written):
-            reports.append(future.result())
-            bar.update(1)
+            group = future.result()
+            reports.extend(group)
+            bar.update(len(group))
     return reports

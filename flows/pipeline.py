@@ -1,9 +1,9 @@
 """pipeline: the whole DAG as one parent flow, each stage a subflow that skips work already done.
 
-    build-data ──▶ pretrain ──▶ tune ──▶ evaluate
-    OUT/data       OUT/pretrain  OUT/tune  OUT/eval
+    build-data ──▶ cache-features ──▶ pretrain ──▶ tune ──▶ evaluate
+    OUT/data       OUT/data/features  OUT/pretrain  OUT/tune  OUT/eval
 
-Finished shards, checkpoints and generated chunks are reused, so a re-run after a crash resumes
+Finished shards, cached features, checkpoints and generated chunks are reused, so a re-run after a crash resumes
 where it stopped. With no arguments it runs the bundled samples on the tiny profile.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow
 
 from flows.build_data import build_data
+from flows.cache_features import cache_features
 from flows.evaluate import evaluate
 from flows.pretrain import pretrain
 from flows.tune import tune
@@ -33,6 +34,7 @@ def pipeline(input_path: str | None = None, out: str = "runs/tiny", profile: str
     common = dict(profile=profile, overrides=overrides)
 
     build_data(input_path=str(input_path or TRAIN_SAMPLES_DIR), out=data, **common)
+    cache_features(data=data, **common)
     pretrain(data=data, out=stage1, **common)
     tune(data=data, init=stage1, out=stage2, **common)
     evaluation = evaluate(checkpoint=stage2, out=report, **common)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mumu.config.runtime import RuntimeConfig
@@ -13,6 +15,20 @@ def _this_api_url() -> str:
 
     with get_client(sync_client=True) as client:
         return str(client.api_url).rstrip("/")
+
+
+def concurrent_tasks(runtime: RuntimeConfig) -> int:
+    """Task runs the profile's task runner runs at once."""
+    return max(1, runtime.workers) * (4 if runtime.task_runner == "thread" else 1)
+
+
+def shard_groups(shards: list, runtime: RuntimeConfig) -> list[list]:
+    """The shards of each task run: `runtime.shards_per_task` each, but as many runs as run at once while there
+    are shards for them, dealt round-robin (shard i to run i mod n), so the runs are of even length."""
+    if not shards:
+        return []
+    n = min(len(shards), max(concurrent_tasks(runtime), math.ceil(len(shards) / runtime.shards_per_task)))
+    return [shards[i::n] for i in range(n)]
 
 
 def task_runner(runtime: RuntimeConfig):
@@ -28,4 +44,4 @@ def task_runner(runtime: RuntimeConfig):
             "n_workers": runtime.workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
             "env": {"PREFECT_API_URL": _this_api_url()},
         })
-    return ThreadPoolTaskRunner(max_workers=max(1, runtime.workers) * 4)
+    return ThreadPoolTaskRunner(max_workers=concurrent_tasks(runtime))

@@ -103,6 +103,13 @@ def unet_lora_config(cfg: DecoderConfig):
     )
 
 
+@torch.no_grad()
+def vae_posterior(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """pixels in [-1, 1] -> the VAE posterior's parameters [B, 2C, h, w] (mean and log-variance): what the feature
+    cache stores, since the posterior of a frozen VAE never changes while the samples drawn from it must."""
+    return vae.encode(pixels.to(vae.dtype)).latent_dist.parameters
+
+
 class Decoder(nn.Module):
     """UNet + VAE + training noise schedule, with the trainable set chosen by `cfg.train`."""
 
@@ -155,11 +162,20 @@ class Decoder(nn.Module):
         """SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)."""
         return [*original_hw, *crop_tl, *target_hw]
 
+    def encode_posterior(self, pixels: torch.Tensor) -> torch.Tensor:
+        return vae_posterior(self.vae, pixels)
+
     @torch.no_grad()
+    def sample_latents(self, posterior: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Posterior parameters -> scaled latents (a sample of the posterior, drawn with `generator`)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        sample = DiagonalGaussianDistribution(posterior).sample(generator=generator)
+        return (sample - self.latent_shift) * self.latent_scaling_factor
+
     def encode_latents(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """pixels in [-1, 1] -> scaled latents (a sample of the posterior, drawn with `generator`)."""
-        dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-        return (dist.sample(generator=generator) - self.latent_shift) * self.latent_scaling_factor
+        return self.sample_latents(self.encode_posterior(pixels), generator)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,9 @@ Each image keeps `image_tokens` = n*n tokens: SigLIP patch features -> Idefics2'
 (per patch, to the LM width) -> adaptive average pooling of the image's *valid* patch grid (padding
 patches excluded) to an n x n grid, read row-major -> the perceiver's final RMSNorm (`image_feature_norm`),
 so the LM reads image tokens at the scale it was trained on. So every token is a spatial region of the crop.
+
+Cached features (models/cached.py): a prompt whose hidden states are cached runs no encoder at all, and an image
+whose vision-tower grid is cached skips the image processor and the tower; the rest is computed as above.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 
 from mumu.config.model import EncoderConfig
 from mumu.errors import UserError
+from models.cached import CachedFeatures, pad_grids
 from models.hf import build_idefics2
 
 Prompt = list  # list[str | PIL.Image.Image]
@@ -38,12 +42,19 @@ class PromptTokens:
     entity_valid: torch.Tensor  # [B, K] bool
     kept: list[list[int]] = field(default_factory=list)  # per sample: indices of its image segments kept
     dropped: int = 0  # images dropped by truncation
+    # From the feature cache. cached_hidden: per sample, its real tokens' hidden states, or None = computed here
+    # ([] = none cached); a cached sample's images are in neither pixel_values nor image_grids.
+    # image_grids: per kept image of the computed samples, its vision-tower grid, or None = the next image of
+    # pixel_values ([] = every image is in pixel_values).
+    cached_hidden: list[torch.Tensor | None] = field(default_factory=list)
+    image_grids: list[torch.Tensor | None] = field(default_factory=list)
 
     def to(self, device) -> "PromptTokens":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PromptTokens(move(self.input_ids), move(self.attention_mask), move(self.pixel_values),
                             move(self.pixel_attention_mask), move(self.entity_token_mask),
-                            move(self.entity_valid), self.kept, self.dropped)
+                            move(self.entity_valid), self.kept, self.dropped,
+                            [move(t) for t in self.cached_hidden], [move(t) for t in self.image_grids])
 
 
 def _image_runs(ids: list[int], image_id: int) -> list[tuple[int, int]]:
@@ -139,7 +150,9 @@ class PromptEncoder(nn.Module):
             self.model.vision_model.requires_grad_(True)
 
     # --- tokenization + bookkeeping ---------------------------------------------------------------------
-    def tokenize(self, prompts: list[Prompt]) -> PromptTokens:
+    def tokenize(self, prompts: list[Prompt], features: list[CachedFeatures | None] | None = None) -> PromptTokens:
+        """Token ids and bookkeeping of a batch of prompts; `features` (per prompt, optional) are cached outputs
+        that replace the image processor and the encoder's forward where present."""
         texts, images = [], []
         for prompt in prompts:
             parts, imgs = [], []
@@ -180,19 +193,45 @@ class PromptEncoder(nn.Module):
             for k, (s, e) in enumerate(runs):
                 entity_token_mask[b, k, off + s:off + e] = True
                 entity_valid[b, k] = True
-        flat = [images[b][i] for b in range(batch) for i in kept[b]]
-        pixel_values = pixel_mask = None
-        if flat:
-            out = self.processor.image_processor([[im.convert("RGB")] for im in flat], return_tensors="pt")
-            pixel_values = out["pixel_values"][:, 0]
-            pam = out.get("pixel_attention_mask")
-            pixel_mask = (pam[:, 0] if pam is not None else torch.ones_like(pixel_values[:, 0])).bool()
+        features = features or [None] * batch
+        cached_hidden = [self._cached_states(f, ids) for f, ids in zip(features, rows)]
+        flat, grids = [], []
+        for b in range(batch):
+            if cached_hidden[b] is not None:
+                continue  # no encoder runs for this sample: its images are not needed
+            cached_images = features[b].images if features[b] is not None else ()
+            for i in kept[b]:
+                grid = cached_images[i] if i < len(cached_images) else None
+                grids.append(grid)
+                if grid is None:
+                    flat.append(images[b][i])
+        if any(g is not None for g in grids) and not self.cfg.freeze_vision:
+            raise ValueError("cached vision-tower features given to an encoder that trains its vision tower")
+        pixel_values, pixel_mask = self.preprocess_images(flat) if flat else (None, None)
         return PromptTokens(input_ids, attention_mask, pixel_values, pixel_mask, entity_token_mask,
-                            entity_valid, kept, dropped)
+                            entity_valid, kept, dropped,
+                            cached_hidden if any(h is not None for h in cached_hidden) else [],
+                            grids if any(g is not None for g in grids) else [])
+
+    def preprocess_images(self, images: list[PIL.Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt images -> (pixel_values [N, 3, H, W] padded to the largest, pixel mask [N, H, W] bool)."""
+        out = self.processor.image_processor([[im.convert("RGB")] for im in images], return_tensors="pt")
+        pixel_values = out["pixel_values"][:, 0]
+        pam = out.get("pixel_attention_mask")
+        return pixel_values, (pam[:, 0] if pam is not None else torch.ones_like(pixel_values[:, 0])).bool()
+
+    def _cached_states(self, features: CachedFeatures | None, ids: list[int]) -> torch.Tensor | None:
+        """The cached hidden states of a prompt tokenized to `ids`, or None when it has none."""
+        if features is None or features.prompt is None:
+            return None
+        if features.prompt_ids is None or features.prompt_ids.tolist() != ids or len(features.prompt) != len(ids):
+            raise UserError("cached prompt states belong to other token ids than this tokenizer gives: the feature "
+                            "cache was written by another encoder; run `mumu cache-features` again")
+        return features.prompt
 
     # --- forward ------------------------------------------------------------------------------------------
-    def image_features(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] -> [N, image_seq_len, D] in the LM's embedding space."""
+    def vision_tower(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, 3, H, W] -> (the vision tower's output [N, Hp*Wp, Dv], [N, Hp, Wp] bool mask of the real patches)."""
         ps = self.model.config.vision_config.patch_size
         grid = pixel_mask.unfold(1, ps, ps).unfold(2, ps, ps)
         patch_mask = grid.sum(dim=(-1, -2)) == ps * ps  # [N, Hp, Wp]: fully-real patches
@@ -200,6 +239,25 @@ class PromptEncoder(nn.Module):
             vis = self.model.vision_model(
                 pixel_values=pixel_values.to(self.model.dtype), patch_attention_mask=patch_mask
             ).last_hidden_state
+        return vis, patch_mask
+
+    def vision_grids(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per image, the vision tower's output on its real patches [rows, cols, Dv] (what the feature cache holds:
+        the real patches do not attend to padding, so they do not depend on the batch an image was in)."""
+        vis, patch_mask = self.vision_tower(pixel_values, pixel_mask)
+        n, hp, wp = patch_mask.shape
+        out = []
+        for i in range(n):
+            rows, cols = int(patch_mask[i, :, 0].sum()), int(patch_mask[i, 0, :].sum())  # padding is bottom/right
+            out.append(vis[i].view(hp, wp, -1)[:rows, :cols])
+        return out
+
+    def image_features(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> [N, image_seq_len, D] in the LM's embedding space."""
+        return self.project_features(*self.vision_tower(pixel_values, pixel_mask))
+
+    def project_features(self, vis: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+        """Vision-tower output [N, Hp*Wp, Dv] + real-patch mask [N, Hp, Wp] -> [N, image_seq_len, D]."""
         if not self.cfg.bypass_resampler:
             return self.model.connector(vis, attention_mask=patch_mask.view(vis.shape[0], -1))
         proj = self.model.connector.modality_projection(vis)  # [N, Hp*Wp, D]
@@ -215,17 +273,45 @@ class PromptEncoder(nn.Module):
             pooled = self.model.connector.perceiver_resampler.norm(pooled)
         return pooled
 
-    def forward(self, tokens: PromptTokens) -> torch.Tensor:
-        ids, mask = tokens.input_ids, tokens.attention_mask
+    def _prompt_images(self, tokens: PromptTokens) -> torch.Tensor | None:
+        """[N, image_seq_len, D] for the images of the samples computed here, cached grids or pixels."""
+        if not tokens.image_grids:
+            if tokens.pixel_values is None:
+                return None
+            return self.image_features(tokens.pixel_values, tokens.pixel_attention_mask)
+        computed = iter(self.vision_grids(tokens.pixel_values, tokens.pixel_attention_mask)
+                        if tokens.pixel_values is not None else ())
+        grids = [g if g is not None else next(computed) for g in tokens.image_grids]
+        return self.project_features(*pad_grids(grids))
+
+    def _language_model(self, ids: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
         embeds = self.model.get_input_embeddings()(ids)
-        if tokens.pixel_values is not None:
-            feats = self.image_features(tokens.pixel_values, tokens.pixel_attention_mask)
+        if feats is not None:
             embeds = self.model.inputs_merger(ids, embeds, feats.reshape(-1, feats.shape[-1]))
         # Positions follow the mask, so left padding does not shift the real tokens' positions.
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model.text_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
                                     use_cache=False)
         return out.last_hidden_state
+
+    def forward(self, tokens: PromptTokens) -> torch.Tensor:
+        ids, mask = tokens.input_ids, tokens.attention_mask
+        if not tokens.cached_hidden:
+            return self._language_model(ids, mask, self._prompt_images(tokens))
+        # Samples with cached states run nothing; the rest run as a smaller batch. Real tokens never attend to
+        # padding, so a sample's states do not depend on the batch it is in; padding positions stay zero.
+        rows = [b for b, h in enumerate(tokens.cached_hidden) if h is None]
+        computed = None
+        if rows:
+            computed = self._language_model(ids[rows], mask[rows], self._prompt_images(tokens))
+        ref = computed if computed is not None else next(h for h in tokens.cached_hidden if h is not None)
+        out = ref.new_zeros((*ids.shape, ref.shape[-1]))
+        if computed is not None:
+            out[rows] = computed
+        for b, h in enumerate(tokens.cached_hidden):
+            if h is not None:
+                out[b, mask[b].bool()] = h.to(out.dtype)
+        return out
 
     # --- persistence ---------------------------------------------------------------------------------------
     def base_state_dict(self) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from mumu.config.train import AttnLossConfig
 from mumu.errors import UserError
 from mumu.io import atomic_path, write_json_atomic
 from models.attention import attention_mask_loss, install_capture
+from models.cached import CachedFeatures
 from models.connector import Connector
 from models.decoder import Decoder
 from models.encoder import PromptEncoder, PromptTokens
@@ -45,23 +46,42 @@ class Conditioning:
 class Batch:
     keys: list[str]
     tokens: PromptTokens
-    pixels: torch.Tensor  # [B, 3, R, R] in [-1, 1]
+    pixels: torch.Tensor | None  # [B, 3, R, R] in [-1, 1]; None when every target's posterior is cached
     add_time_ids: torch.Tensor  # [B, 6]
     entity_masks: torch.Tensor  # [B, K, R, R] float in [0, 1], aligned with tokens.entity_token_mask
+    posteriors: torch.Tensor | None = None  # [B, 2C, h, w] cached VAE posteriors of the targets (models/cached.py)
 
     def to(self, device) -> "Batch":
-        return Batch(self.keys, self.tokens.to(device), self.pixels.to(device), self.add_time_ids.to(device),
-                     self.entity_masks.to(device))
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(self.keys, self.tokens.to(device), move(self.pixels), self.add_time_ids.to(device),
+                     self.entity_masks.to(device), move(self.posteriors))
+
+
+def _resized(wh: tuple[int, int], size: int) -> tuple[int, int]:
+    w, h = wh
+    scale = size / min(w, h)
+    return max(size, round(w * scale)), max(size, round(h * scale))
+
+
+def _crop_offset(wh: tuple[int, int], size: int) -> tuple[int, int]:
+    """(crop_top, crop_left) of _resize_crop for an image of size `wh`, without touching its pixels."""
+    nw, nh = _resized(wh, size)
+    return (nh - size) // 2, (nw - size) // 2
 
 
 def _resize_crop(img: PIL.Image.Image, size: int, resample) -> tuple[PIL.Image.Image, tuple[int, int]]:
-    """Scale the short side to `size`, centre-crop to size x size; returns (image, (crop_top, crop_left))."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    """Scale the short side to `size`, centre-crop to size x size; returns (image, (crop_top, crop_left)).
+    The one deterministic view of a target: no random crop or flip, so its VAE posterior can be cached."""
+    nw, nh = _resized(img.size, size)
     img = img.resize((nw, nh), resample)
     top, left = (nh - size) // 2, (nw - size) // 2
     return img.crop((left, top, left + size, top + size)), (top, left)
+
+
+def target_pixels(image: PIL.Image.Image, resolution: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A training target as the VAE reads it: [3, R, R] in [-1, 1], and (crop_top, crop_left)."""
+    img, crop = _resize_crop(image.convert("RGB"), resolution, PIL.Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1), crop
 
 
 class MumuModel(nn.Module):
@@ -114,9 +134,13 @@ class MumuModel(nn.Module):
 
     # --- inputs ---------------------------------------------------------------------------------------
     def prepare(self, examples: list) -> Batch:
-        """Examples (key, prompt, image, entity_masks) -> a Batch on the model's device."""
+        """Examples (key, prompt, image, entity_masks[, features]) -> a Batch on the model's device. Cached
+        features an example carries (models/cached.py) replace the computation they stand for."""
         res = self.cfg.decoder.resolution
-        tokens = self.encoder.tokenize([ex.prompt for ex in examples])
+        features: list[CachedFeatures | None] = [getattr(ex, "features", None) for ex in examples]
+        tokens = self.encoder.tokenize([ex.prompt for ex in examples], features)
+        # The targets' pixels are only needed when some posterior is not cached.
+        cached_posteriors = all(f is not None and f.posterior is not None for f in features)
         pixels, time_ids = [], []
         k_max = tokens.entity_token_mask.shape[1]
         masks = torch.zeros((len(examples), k_max, res, res))
@@ -124,9 +148,10 @@ class MumuModel(nn.Module):
             n_images = sum(isinstance(s, PIL.Image.Image) for s in ex.prompt)
             if len(ex.entity_masks) != n_images:
                 raise UserError(f"example {ex.key}: {n_images} image segments but {len(ex.entity_masks)} entity masks")
-            img, crop = _resize_crop(ex.image.convert("RGB"), res, PIL.Image.BICUBIC)
-            arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-            pixels.append(arr)
+            crop = _crop_offset(ex.image.size, res)
+            if not cached_posteriors:
+                arr, crop = target_pixels(ex.image, res)
+                pixels.append(arr)
             time_ids.append(self.decoder.add_time_ids((ex.image.height, ex.image.width), crop, (res, res)))
             for k, i in enumerate(tokens.kept[b]):
                 m = np.asarray(ex.entity_masks[i], dtype=bool)
@@ -134,8 +159,9 @@ class MumuModel(nn.Module):
                     raise UserError(f"example {ex.key}: entity mask {i} is {m.shape}, image is {ex.image.size[::-1]}")
                 mimg, _ = _resize_crop(PIL.Image.fromarray(m.astype(np.uint8) * 255), res, PIL.Image.BOX)
                 masks[b, k] = torch.from_numpy(np.asarray(mimg, dtype=np.float32) / 255.0)
-        batch = Batch([ex.key for ex in examples], tokens, torch.stack(pixels),
-                      torch.tensor(time_ids, dtype=torch.float32), masks)
+        batch = Batch([ex.key for ex in examples], tokens, torch.stack(pixels) if pixels else None,
+                      torch.tensor(time_ids, dtype=torch.float32), masks,
+                      torch.stack([f.posterior for f in features]) if cached_posteriors else None)
         return batch.to(self.device)
 
     # --- conditioning ----------------------------------------------------------------------------------
@@ -181,10 +207,11 @@ class MumuModel(nn.Module):
                       cfg_dropout: float = 0.0, snr_gamma: float | None = None) -> dict[str, torch.Tensor]:
         """Diffusion MSE, min-SNR-gamma weighted when `snr_gamma` is set (+ weight x attention-mask loss).
         Draws, in order, from `generator` (CPU): CFG dropout, VAE posterior sample, timesteps, noise."""
-        bsz = batch.pixels.shape[0]
+        bsz = len(batch.keys)
         drop = torch.rand(bsz, generator=generator) < cfg_dropout
         cond = self.drop_condition(self.encode_tokens(batch.tokens), drop)
-        latents = self.decoder.encode_latents(batch.pixels, generator)
+        posteriors = batch.posteriors if batch.posteriors is not None else self.decoder.encode_posterior(batch.pixels)
+        latents = self.decoder.sample_latents(posteriors, generator)
         sched = self.decoder.scheduler
         t = torch.randint(0, sched.config.num_train_timesteps, (bsz,), generator=generator)
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)

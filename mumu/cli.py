@@ -60,6 +60,21 @@ def cmd_build_data(args: argparse.Namespace) -> None:
           f"({manifest['quarantined']} quarantined of {manifest['inputs']} inputs)")
 
 
+def cmd_cache_features(args: argparse.Namespace) -> None:
+    cfg, overrides = _profile(args)
+    from mumu.train.feature_stage import plan_cache
+
+    plan_cache(args.data, cfg.model, cfg.train)  # no data manifest → one line here, before Prefect starts
+    from flows.cache_features import cache_features
+
+    result = cache_features(data=str(args.data), profile=args.profile, overrides=overrides)
+    if result["key"] is None:
+        print("nothing to cache for this model and config (train.features): training computes every part")
+    else:
+        print(f"cached features of {result['samples']} samples in {result['shards']} shards "
+              f"({result['bytes'] / 1e6:.1f} MB) to {result['folder']}")
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     _, overrides = _profile(args)
     _max_steps(args)
@@ -151,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(run=cmd_build_data)
 
+    p = sub.add_parser("cache-features", help="the frozen parts' outputs (VAE posteriors, vision features or "
+                                              "prompt states) for every shard, once, beside the data")
+    p.add_argument("--data", required=True, help="a build-data output folder (writes DATA/features/<key>/)")
+    _common(p)
+    p.set_defaults(run=cmd_cache_features)
+
     p = sub.add_parser("pretrain", help="stage 1: text-to-image pretraining from shards")
     p.add_argument("--data", required=True, help="a build-data output folder (its manifest lists the shards)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, tb/, samples/, model/")
@@ -193,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile field (repeatable)")
     p.set_defaults(run=cmd_profile_show)
 
-    p = sub.add_parser("pipeline", help="the whole DAG: build-data → pretrain → tune → evaluate")
+    p = sub.add_parser("pipeline", help="the whole DAG: build-data → cache-features → pretrain → tune → evaluate")
     p.add_argument("--input", default=str(TRAIN_SAMPLES_DIR),
                    help="images (+captions.jsonl) or .tar shards [the bundled training samples]")
     p.add_argument("--out", default="runs/tiny", help="run folder: data/, pretrain/, tune/, eval/ [runs/tiny]")

@@ -1,4 +1,10 @@
-"""Tasks of the build-data flow: one per stage, each mapped over input shards, each retryable."""
+"""Tasks of the build-data flow: plan, one task per group of input shards (each shard goes through every data
+stage, its report written last), the manifest. A retried group redoes only its shards that have no report yet.
+
+One task run per group rather than per stage and shard: Prefect costs ~50 ms per task run, as much as the tiny
+models spend on a shard of 8 images, and 7 stages x every shard made the flow 4x slower than its model calls
+(bench/bench_build_data.py). The stages' counts and quarantine reasons are in each shard's report.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from pathlib import Path
 from prefect import task
 
 from data_schemas import Manifest, ShardReport
-from mumu.config.data import CaptionConfig, DataConfig, DetectConfig, EntitiesConfig, IngestConfig, SegmentConfig
+from mumu.config.data import DataConfig, IngestConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.data import stages
 from tasks.common import TASK_OPTIONS, lazy_model
@@ -18,48 +24,17 @@ def plan_shards(input_path: str, cfg: IngestConfig) -> list[stages.InputShard]:
     return stages.plan_shards(Path(input_path), cfg)
 
 
-@task(name="ingest", **TASK_OPTIONS)
-def ingest(shard: stages.InputShard, cfg: IngestConfig) -> stages.ShardWork:
-    return stages.ingest(shard, cfg)
-
-
-@task(name="caption", **TASK_OPTIONS)
-def caption(work: stages.ShardWork, cfg: CaptionConfig, runtime: RuntimeConfig) -> stages.ShardWork:
+@task(name="build-shard-group", **TASK_OPTIONS)
+def build_shard_group(shards: list[stages.InputShard], out_dir: str, cfg: DataConfig,
+                      runtime: RuntimeConfig) -> list[ShardReport]:
+    """ingest → caption → entities → detect → segment → compose → write, for each shard of the group."""
     from models.captioner import Captioner
-
-    captioner = lazy_model("captioner", Captioner, cfg, runtime)
-    return stages.caption(work, captioner)
-
-
-@task(name="entities", **TASK_OPTIONS)
-def find_entities(work: stages.ShardWork, cfg: EntitiesConfig) -> stages.ShardWork:
-    return stages.find_entities(work, cfg)
-
-
-@task(name="detect", **TASK_OPTIONS)
-def detect(work: stages.ShardWork, cfg: DetectConfig, runtime: RuntimeConfig) -> stages.ShardWork:
     from models.detector import Detector
-
-    detector = lazy_model("detector", Detector, cfg, runtime)
-    return stages.detect(work, detector)
-
-
-@task(name="segment", **TASK_OPTIONS)
-def segment(work: stages.ShardWork, cfg: SegmentConfig, runtime: RuntimeConfig) -> stages.ShardWork:
     from models.segmenter import Segmenter
 
-    segmenter = lazy_model("segmenter", Segmenter, cfg, runtime)
-    return stages.segment(work, segmenter)
-
-
-@task(name="compose", **TASK_OPTIONS)
-def compose(work: stages.ShardWork, cfg: DataConfig) -> stages.ShardWork:
-    return stages.compose(work, cfg.compose)
-
-
-@task(name="write-shard", **TASK_OPTIONS)
-def write(work: stages.ShardWork, out_dir: str, cfg: DataConfig) -> ShardReport:
-    return stages.write(work, Path(out_dir), cfg)
+    return stages.run_shards(shards, Path(out_dir), cfg, lazy_model("captioner", Captioner, cfg.caption, runtime),
+                             lazy_model("detector", Detector, cfg.detect, runtime),
+                             lazy_model("segmenter", Segmenter, cfg.segment, runtime))
 
 
 @task(name="write-manifest", **TASK_OPTIONS)

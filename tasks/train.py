@@ -71,5 +71,6 @@ def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data
 
     result = train(stage, cfg, shard_urls(data), out, init=init, resume=resume, max_steps=max_steps, on_log=on_log,
                    on_sample=lambda step, png: _publish_sample(stage, step, png),
-                   on_resume=lambda step, ckpt: log.info("%s", resumed_line(stage, step, ckpt)))
+                   on_resume=lambda step, ckpt: log.info("%s", resumed_line(stage, step, ckpt)),
+                   on_info=lambda line: log.info("%s: %s", stage, line))
     return result_summary(result)

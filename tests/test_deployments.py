@@ -1,6 +1,7 @@
 """prefect.yaml end to end on a real local server: deploy --all, a process worker runs build-data to
 Completed, the UI shows that run in a real browser (headless Debian chromium), the watcher's event
-triggers build-data, stage events trigger the next stage with templated parameters.
+triggers build-data, stage events trigger the next stage with templated parameters (build-data → cache-features →
+pretrain → tune → evaluate).
 
 Runs in its own PREFECT_HOME with `prefect server start` on a free port (not the session test harness:
 workers and triggers need a real server). Only the processes started here are stopped.
@@ -34,8 +35,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "mumu-process"
-EXPECTED = {"build-data/mumu", "pretrain/mumu", "tune/mumu", "evaluate/mumu", "pipeline/nightly",
-            "watch-inputs/inbox"}
+EXPECTED = {"build-data/mumu", "cache-features/mumu", "pretrain/mumu", "tune/mumu", "evaluate/mumu",
+            "pipeline/nightly", "watch-inputs/inbox"}
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -101,8 +102,8 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
         deployments = api.deployments()
         assert set(deployments) == EXPECTED
         queues = {name: d["work_queue_name"] for name, d in deployments.items()}
-        assert {n for n, q in queues.items() if q == "gpu"} == {"pretrain/mumu", "tune/mumu", "evaluate/mumu",
-                                                             "pipeline/nightly"}
+        assert {n for n, q in queues.items() if q == "gpu"} == {"cache-features/mumu", "pretrain/mumu", "tune/mumu",
+                                                             "evaluate/mumu", "pipeline/nightly"}
         assert all(d["work_pool_name"] == POOL for d in deployments.values())
         assert all(d["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
                                         {"directory": str(REPO)}}] for d in deployments.values())
@@ -152,12 +153,12 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
             assert manifest["written"] > 0
             for shard in manifest["shards"]:
                 assert (out / shard["name"]).stat().st_size > 0
-            # the finished top-level build-data run announced itself: its pretrain run was created (on the
+            # the finished top-level build-data run announced itself: its cache-features run was created (on the
             # gpu queue, which this worker does not serve)
-            chained = wait_for("the pretrain run triggered by the real build-data completion",
-                            lambda: [r for r in api.runs_of(deployments["pretrain/mumu"]["id"])
+            chained = wait_for("the cache-features run triggered by the real build-data completion",
+                            lambda: [r for r in api.runs_of(deployments["cache-features/mumu"]["id"])
                                      if r["parameters"]["data"] == str(out)], 90, on_timeout=log)
-            assert chained[0]["parameters"]["out"] == f"{tmp_path}/pretrain"
+            assert chained[0]["parameters"] == {"data": str(out), "profile": "tiny"}
 
             wait_completed(api, triggered[0]["id"], 240, log)
             phase("triggered build-data run completed")
@@ -193,8 +194,18 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
         _emit(env, "mumu.stage.completed",
               {"prefect.resource.id": "mumu.stage.build-data", "mumu.stage": "build-data", "mumu.chain": "true"},
               {"out": f"{run_root}/data"})
+        cache_runs = wait_for("the cache-features run triggered by build-data's completion",
+                              lambda: [r for r in api.runs_of(deployments["cache-features/mumu"]["id"])
+                                       if r["parameters"]["data"] == f"{run_root}/data"], 90,
+                              on_timeout=server_log)
+        assert cache_runs[0]["parameters"] == {"data": f"{run_root}/data", "profile": "tiny"}
+        # cache-features announces the data folder it cached: pretrain trains on it, into the sibling folder
+        _emit(env, "mumu.stage.completed",
+              {"prefect.resource.id": "mumu.stage.cache-features", "mumu.stage": "cache-features",
+               "mumu.chain": "true"},
+              {"out": f"{run_root}/data", "key": "0123456789abcdef"})
         pretrain_id = deployments["pretrain/mumu"]["id"]
-        pretrain_runs = wait_for("the pretrain run triggered by build-data's completion",
+        pretrain_runs = wait_for("the pretrain run triggered by cache-features' completion",
                               lambda: [r for r in api.runs_of(pretrain_id)
                                        if r["parameters"]["data"] == f"{run_root}/data"], 90,
                               on_timeout=server_log)

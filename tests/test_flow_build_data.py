@@ -23,7 +23,8 @@ def _task_runs_with_retries(flow_run_name_prefix=None):
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="detect")))
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="build-shard-group")))
         return {r.id: [s.name for s in client.read_task_run_states(r.id)] for r in runs}
 
 

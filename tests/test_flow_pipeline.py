@@ -1,4 +1,5 @@
-"""The whole DAG (build-data → pretrain → tune → evaluate) as one parent flow, and its resume on re-run."""
+"""The whole DAG (build-data → cache-features → pretrain → tune → evaluate) as one parent flow, and its resume on
+re-run."""
 
 import json
 
@@ -29,6 +30,12 @@ def test_pipeline_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path):
     result = pipeline(input_path=str(SAMPLES_DIR), out=str(tmp_path), overrides=SMALL)
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["inputs"] == manifest["written"] + manifest["quarantined"] == 24
+    # the feature cache of the tiny model: every sample's VAE posterior, every crop's vision features
+    (cache,) = (tmp_path / "data" / "features").glob("*/manifest.json")
+    features = json.loads(cache.read_text())
+    assert features["samples"] == manifest["written"] and list(features["spec"]["parts"]) == ["latents", "vision"]
+    assert sum(s["tensors"]["posterior"] for s in features["shards"]) == manifest["written"]
+    assert config_hash(load_profile(str(cache.parent / "config.yaml"))) == config_hash(load_profile("tiny", SMALL))
     for stage in ("pretrain", "tune"):
         assert (tmp_path / stage / "model" / "mumu_config.json").is_file()
         assert (tmp_path / stage / "checkpoints" / "step-000002").is_dir()

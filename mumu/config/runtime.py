@@ -29,6 +29,10 @@ class RuntimeConfig(StrictModel):
     train_machines: int = Field(1, ge=1)
     train_machine_rank: int = Field(0, ge=0)  # < train_machines (checked below)
     train_main_address: str | None = None
+    # Shards one task run of a data stage (build-data, cache-features) takes on, one after another. Prefect costs
+    # ~50 ms per task run, as much as the tiny models spend on a shard; a retried run redoes only its shards that
+    # have no report yet. The runs are at least as many as the task runner runs at once (flows/runners.py).
+    shards_per_task: int = Field(8, ge=1)
     task_retries: int = Field(2, ge=0)
     task_retry_delay_seconds: float = Field(1.0, ge=0.0)
 

@@ -73,7 +73,36 @@ class StageConfig(StrictModel):
     seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
+class FeaturesConfig(StrictModel):
+    """The feature cache: outputs of the frozen parts, computed once per sample by `mumu cache-features` and read by
+    training instead of recomputing them every step (mumu/train/features.py; the numbers: docs/feature_cache.md).
+
+    The rule: cache a frozen output when it saves at least 1 TFLOP per MB it stores (1 FLOP per byte x 10^6). The
+    full-size counts (bench/sdxl_estimate.py; crops of 378-980 px, 3 a prompt) put each part far to one side:
+    - the target's VAE posterior (mean and log-variance, so training still samples it): 4.9 TFLOPs for 0.52 MB,
+      9.3 MFLOP/B: cached;
+    - the prompt's hidden states when the whole encoder is frozen (UNIMO-G): 6-28 TFLOPs for 2.6 MB, 2.4-11
+      MFLOP/B: cached;
+    - the vision tower's patch features of a prompt image (MUMU, where the LM after it trains): 1.6-17 TFLOPs
+      for 5-34 MB, 0.32-0.50 MFLOP/B: 20-30x less per byte, 10-100x the sample's own shard bytes, so off in
+      mumu-sdxl (where the disk holds that much, turning it on takes its cached step from 0.95x to 0.79x of the
+      uncached one with 980 px crops, 0.94x to 0.92x with 378 px); on in tiny, where bytes are no object.
+    Augmentation: the target has one deterministic view (resize + centre crop, no random crop or flip), so its
+    posterior is one tensor per sample. An augmented prompt image (MUMU's crop augmentation) is new pixels: it
+    and, with the prompt cache, its whole prompt are computed from pixels; the cache holds the unaugmented ones.
+    """
+
+    latents: bool = True  # the VAE posterior of each training target
+    vision: bool = True  # the vision tower's features of each prompt image (only with model.encoder.freeze_vision)
+    prompt: bool = True  # the prompt's hidden states (only when the whole encoder is frozen)
+    # auto: use the cache for this model when `cache-features` wrote it, else compute from pixels (one log line
+    # says which); require: no usable cache is an error; off: always compute from pixels.
+    use: Literal["auto", "require", "off"] = "auto"
+    batch_size: int = Field(16, ge=1)  # samples per forward of the cache-features stage
+
+
 class TrainConfig(StrictModel):
+    features: FeaturesConfig = FeaturesConfig()
     pretrain: StageConfig = StageConfig(prompt_mode="text")
     tune: StageConfig = Field(
         default_factory=lambda: StageConfig(

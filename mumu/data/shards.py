@@ -40,12 +40,12 @@ def quarantine_path(out_dir: str | Path, index: int) -> Path:
     return Path(out_dir) / f"shard-{index:05d}.quarantine.jsonl"
 
 
-def encode_image(im: Image.Image, fmt: str, jpeg_quality: int = 95) -> bytes:
+def encode_image(im: Image.Image, fmt: str, jpeg_quality: int = 95, png_compress_level: int = 6) -> bytes:
     buf = io.BytesIO()
     if fmt == "jpg":
         im.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0)
-    else:
-        im.save(buf, format="PNG")  # Pillow writes no time chunk: equal pixels → equal bytes
+    else:  # Pillow writes no time chunk: equal pixels (and level) → equal bytes
+        im.save(buf, format="PNG", compress_level=png_compress_level)
     return buf.getvalue()
 
 
@@ -54,7 +54,7 @@ def sample_members(composed: Composed, cfg: WriteConfig) -> dict[str, bytes]:
     members = {"json": dumps_canonical(composed.record.model_dump(mode="json")).encode("utf-8")}
     for name, im in composed.images.items():
         fmt = name.rsplit(".", 1)[-1]
-        members[name] = encode_image(im, fmt, cfg.jpeg_quality)
+        members[name] = encode_image(im, fmt, cfg.jpeg_quality, cfg.png_compress_level)
     return members
 
 

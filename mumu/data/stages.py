@@ -52,6 +52,7 @@ __all__ = [
     "shard_done",
     "write_manifest",
     "run_shard",
+    "run_shards",
     "run_local",
 ]
 
@@ -327,17 +328,26 @@ def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner: CaptionMod
     return write(work, out_dir, cfg)
 
 
+def run_shards(shards: Sequence[InputShard], out_dir, cfg: DataConfig, captioner: CaptionModel | None,
+               detector: DetectionModel, segmenter: SegmentationModel, ran: list[int] | None = None) -> list[ShardReport]:
+    """`run_shard` on each shard whose report does not exist yet (what one task run of the flow does: a retried
+    run redoes only its unfinished shards); the index of each shard run now is appended to `ran`."""
+    reports = []
+    for shard in shards:
+        report = shard_done(out_dir, shard.index, shard, hash_config(cfg))
+        if report is None:
+            report = run_shard(shard, out_dir, cfg, captioner, detector, segmenter)
+            if ran is not None:
+                ran.append(shard.index)
+        reports.append(report)
+    return reports
+
+
 def run_local(
     input_path, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
     segmenter: SegmentationModel, config_hash: str
 ) -> tuple[Manifest, list[int]]:
     """Plan, run every unfinished shard sequentially, write the manifest → (manifest, shards run now)."""
-    reports, ran = [], []
-    shards: Sequence[InputShard] = plan_shards(input_path, cfg.ingest)
-    for shard in shards:
-        report = shard_done(out_dir, shard.index, shard, hash_config(cfg))
-        if report is None:
-            report = run_shard(shard, out_dir, cfg, captioner, detector, segmenter)
-            ran.append(shard.index)
-        reports.append(report)
+    ran: list[int] = []
+    reports = run_shards(plan_shards(input_path, cfg.ingest), out_dir, cfg, captioner, detector, segmenter, ran)
     return write_manifest(out_dir, reports, config_hash), ran

@@ -2,8 +2,10 @@
 
 Pipeline of one *slot* (a (rank, loader worker) pair), built from webdataset's pieces:
     ResampledShards (seeded, infinite) -> this slot's share of the draws -> tar members (ours: png/jpg/json
-    only) -> shuffle buffer (seeded) -> decode + validate (own handlers, never pickle) -> batches
-    -> per-sample view (text / MUMU / UNIMO prompt, text-only conversion, crop augmentation).
+    only; with a feature cache, the sidecar shard's member of each sample read in step) -> shuffle buffer
+    (seeded) -> decode + validate (own handlers, never pickle) -> batches
+    -> per-sample view (text / MUMU / UNIMO prompt, text-only conversion, crop augmentation, the cached
+    features that fit the view: models/cached.py).
 
 Determinism and resume: every random choice is seeded. Shard draws come from one sequence fixed by
 `seed` and are dealt round-robin to the world_size * max(1, loader_workers) slots; the shuffle buffer
@@ -21,12 +23,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import glob
-import io
 import itertools
-import json
 import os
 import random
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -35,10 +34,15 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_schemas.sample import SCHEMA_VERSION, ImageSegment, SampleRecord
 from mumu.config.train import StageConfig
 from mumu.errors import UserError
 from mumu.train.augment import augment_prompt_images
+from mumu.train.features import FeatureCache
+from mumu.train.samples import DECODER, BadSample, Decoded, decode_sample
+from mumu.train.shard_reader import read_shards
+from models.cached import CachedFeatures
+
+__all__ = ["DECODER", "Example", "LoaderStats", "expand_shard_urls", "iterate_examples", "slot_shard_draws"]
 
 # Shard draws / samples in a row that give no valid example before the stream gives up: the shards are
 # resampled forever, so an all-bad or empty dataset would otherwise loop forever.
@@ -52,6 +56,7 @@ class Example:
     prompt: list[str | Image.Image]  # ordered text / image segments
     image: Image.Image  # target, RGB
     entity_masks: list[np.ndarray]  # bool HxW at the target's size, one per image segment of prompt, in order
+    features: CachedFeatures | None = None  # outputs of frozen parts from the feature cache, aligned with prompt
 
 
 @dataclass
@@ -78,93 +83,6 @@ class LoaderStats:
         for url, reason in other.bad_shards.items():
             self.bad_shards.setdefault(url, reason)
         self.skip_reasons.extend(other.skip_reasons[: _MAX_REASONS - len(self.skip_reasons)])
-
-
-# ---------------------------------------------------------------------------------------------- decoding
-
-
-def _decode_image(data: bytes) -> Image.Image:
-    # Only the formats the data stage writes: no exotic PIL decoders on shard bytes, and a fast "no".
-    try:
-        image = Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
-    except Image.UnidentifiedImageError:
-        raise ValueError("not a PNG or JPEG image") from None
-    image.load()  # decode now, so a corrupt member fails here and not inside the trainer
-    return image
-
-
-# Our handlers only. webdataset's default post-handlers (basichandlers) unpickle .pyd/.pickle members and
-# its pre-handler gunzips: both are switched off with pre=[] / post=[]; other members stay raw bytes.
-DECODER = wds.Decoder(
-    [wds.handle_extension("png jpg jpeg", _decode_image), wds.handle_extension("json", json.loads)],
-    pre=[],
-    post=[],
-)
-
-_IMAGE_MEMBER = re.compile(r"\.(png|jpe?g)$", re.IGNORECASE)
-
-
-def _member_selector(prompt_mode: str):
-    """Which tar members to read at all (others are skipped unread, e.g. a .pyd)."""
-
-    def select(fname: str) -> bool:
-        suffix = os.path.basename(fname).partition(".")[2].lower()
-        if suffix == "json":
-            return True
-        if not _IMAGE_MEMBER.search(suffix):
-            return False
-        # The data stage names crops crop_<i>.png and segments segment_<i>.png; each mode needs one kind.
-        skip = {"text": ("crop_", "segment_", "mask_"), "mumu": ("segment_",), "unimo": ("crop_",)}[prompt_mode]
-        return not suffix.startswith(skip)
-
-    return select
-
-
-class _BadSample(Exception):
-    pass
-
-
-@dataclass
-class _Decoded:
-    key: str
-    caption: str
-    text_only: bool
-    image: Image.Image
-    segments: list[str | tuple[Image.Image, np.ndarray]]  # text, or (prompt image, entity mask)
-
-
-def _decode_sample(raw: dict, prompt_mode: str) -> _Decoded:
-    def member(name: str):
-        name = name.lower()
-        if name not in raw:
-            raise _BadSample(f"missing member {name}")
-        try:
-            return DECODER.decode({name: raw[name]})[name]
-        except wds.DecodingError as exn:
-            cause = exn.__cause__ or exn
-            raise _BadSample(f"{name}: {type(cause).__name__}: {cause}") from None
-
-    try:
-        record = SampleRecord.model_validate(member("json"))
-    except ValueError as exn:  # pydantic's ValidationError is a ValueError
-        raise _BadSample(f"json: {str(exn).splitlines()[0]}") from None
-    if record.schema_version != SCHEMA_VERSION:
-        raise _BadSample(f"schema_version {record.schema_version}, this loader reads {SCHEMA_VERSION}")
-    target = member(record.image).convert("RGB")
-    segments: list[str | tuple[Image.Image, np.ndarray]] = [record.caption]
-    if prompt_mode != "text" and not record.text_only:
-        segments = []
-        for seg in record.prompt_mumu if prompt_mode == "mumu" else record.prompt_unimo:
-            if not isinstance(seg, ImageSegment):
-                segments.append(seg.text)
-                continue
-            if not 0 <= seg.entity < len(record.entities):
-                raise _BadSample(f"image segment {seg.ref} names entity {seg.entity} of {len(record.entities)}")
-            mask = np.asarray(member(record.entities[seg.entity].mask).convert("L")) > 127
-            if mask.shape != (target.height, target.width):
-                raise _BadSample(f"mask {mask.shape[::-1]} is not the target's size {target.size}")
-            segments.append((member(seg.ref).convert("RGB"), mask))
-    return _Decoded(record.key, record.caption, record.text_only, target, segments)
 
 
 # ------------------------------------------------------------------------------------------ one slot
@@ -196,76 +114,11 @@ def _note(stats: LoaderStats, reason: str) -> None:
         stats.skip_reasons.append(reason[:300])
 
 
-class _EndCheck:
-    """Wraps a shard's byte stream to tell whether the tar reached its end-of-archive marker.
-
-    Python's streaming tarfile (which webdataset uses) ends *silently* when a shard is cut inside a
-    header or at a block boundary - about a quarter of the cut points - so a truncated shard would look
-    complete. A whole tar ends with zero blocks: the shard is complete if tarfile stopped before the
-    physical end (it only stops early on a zero block) or the last whole 512-byte block read is zeros.
-    (A shard cut right after a 512-byte run of zeros inside a member would pass; PNG/JPEG/JSON have none.)
-    """
-
-    def __init__(self, raw):
-        self.raw, self.total, self.eof, self.tail = raw, 0, False, b""
-
-    def read(self, n=-1):
-        data = self.raw.read(n)
-        if not data or n is None or n < 0 or len(data) < n:
-            self.eof = True
-        self.total += len(data)
-        self.tail = (self.tail + data)[-1536:]
-        return data
-
-    def complete(self) -> bool:
-        if not self.eof:
-            return True
-        block_end = self.total // 512 * 512 - (self.total - len(self.tail))  # in tail coordinates
-        return block_end >= 512 and self.tail[block_end - 512 : block_end] == bytes(512)
-
-    def close(self) -> None:
-        self.raw.close()
-
-
-def _read_shards(draws, prompt_mode: str, stats: LoaderStats, guard: _Guard):
-    """Raw samples of each drawn shard; a read error ends that shard (its earlier, complete samples stay)."""
-    select = _member_selector(prompt_mode)
-    for draw in draws:
-        url, failed = draw["url"], []
-
-        def bad_shard(exn: Exception, url=url, failed=failed) -> bool:
-            failed.append(1)
-            message = str(exn.args[0]) if exn.args else ""
-            stats.bad_shards.setdefault(url, f"{type(exn).__name__}: {message}"[:300])
-            return True  # keep streaming: skip the rest of this shard
-
-        stats.shards_opened += 1
-        n = 0
-        try:
-            stream = _EndCheck(wds.gopen(url))
-        except Exception as exn:  # unreadable path or url: same as a shard that fails later
-            bad_shard(exn)
-            guard.fail()
-            continue
-        try:
-            files = wds.tariterators.tar_file_expander([dict(url=url, stream=stream)], handler=bad_shard,
-                                                       select_files=select)
-            for raw in wds.tariterators.group_by_keys(files, handler=bad_shard):
-                n += 1
-                yield raw
-        finally:
-            stream.close()
-        if not failed and not stream.complete():
-            bad_shard(EOFError(f"truncated tar: no end-of-archive marker after {stream.total} bytes"))
-        if n == 0:
-            guard.fail()
-
-
-def _decode_valid(raws, prompt_mode: str, stats: LoaderStats, guard: _Guard):
+def _decode_valid(raws, prompt_mode: str, stats: LoaderStats, guard: _Guard, cache_key: str | None = None):
     for raw in raws:
         try:
-            decoded = _decode_sample(raw, prompt_mode)
-        except _BadSample as exn:
+            decoded = decode_sample(raw, prompt_mode, cache_key)
+        except BadSample as exn:
             stats.skipped_samples += 1
             _note(stats, f"{os.path.basename(str(raw.get('__url__')))}#{raw.get('__key__')}: {exn}")
             guard.fail()
@@ -274,7 +127,7 @@ def _decode_valid(raws, prompt_mode: str, stats: LoaderStats, guard: _Guard):
         yield decoded
 
 
-def _view(d: _Decoded, stage: StageConfig, rng: np.random.Generator, stats: LoaderStats) -> Example:
+def _view(d: Decoded, stage: StageConfig, rng: np.random.Generator, stats: LoaderStats) -> Example:
     # The one text-only coin (UNIMO-G trains 10 % of steps on the plain caption). It is drawn here, per draw,
     # rather than fixed per sample by the data stage: each sample is then seen with its images on the other
     # draws, and the share is a training choice (per stage, per run) that needs no data rebuild.
@@ -284,12 +137,29 @@ def _view(d: _Decoded, stage: StageConfig, rng: np.random.Generator, stats: Load
         if stage.prompt_mode != "text":
             stats.text_only += 1
             stats.text_only_converted += int(to_text and not d.text_only)
-        return Example(d.key, [d.caption], d.image, [])
+        return Example(d.key, [d.caption], d.image, [], _cached(d.features, "text", []))
+    images = [s for s in d.segments if not isinstance(s, str)]
     prompt = [s if isinstance(s, str) else s[0] for s in d.segments]
-    masks = [s[1] for s in d.segments if not isinstance(s, str)]
-    prompt, n_aug = augment_prompt_images(prompt, stage.augment, rng)
+    seen, n_aug = augment_prompt_images(prompt, stage.augment, rng)
     stats.augmented_images += n_aug
-    return Example(d.key, prompt, d.image, masks)
+    # An augmented image is new pixels: its cached features (and the whole prompt's) no longer apply.
+    refs = [ref if out is orig else None for (orig, _, ref), out in
+            zip(images, [s for s in seen if not isinstance(s, str)])]
+    return Example(d.key, seen, d.image, [s[1] for s in images], _cached(d.features, stage.prompt_mode, refs))
+
+
+def _cached(features: dict | None, form: str, refs: list[str | None]) -> CachedFeatures | None:
+    """The cached features that fit a view: posterior, each unaugmented image's grid, and the prompt's states
+    when no image of it was augmented (refs: per prompt image its member, None if augmented)."""
+    if features is None:
+        return None
+    whole = all(r is not None for r in refs)
+    return CachedFeatures(
+        posterior=features.get("posterior"),
+        images=tuple(features.get(f"vision/{r}") if r is not None else None for r in refs),
+        prompt=features.get(f"prompt/{form}") if whole else None,
+        prompt_ids=features.get(f"prompt_ids/{form}") if whole else None,
+    )
 
 
 def _zero_worker_seed() -> int:
@@ -300,10 +170,11 @@ class _SlotStream(IterableDataset):
     """Yields (batch | None, stats delta, error | None); one copy runs in each DataLoader worker."""
 
     def __init__(self, urls, stage: StageConfig, seed: int, start_step: int, rank: int, world_size: int,
-                 max_failures: int):
+                 max_failures: int, features: FeatureCache | None = None):
         super().__init__()
         self.urls, self.stage, self.seed, self.start_step = urls, stage, seed, start_step
         self.rank, self.world_size, self.max_failures = rank, world_size, max_failures
+        self.features = features
         self.n_workers = max(1, stage.loader_workers)
 
     def slot(self) -> tuple[int, int]:
@@ -329,10 +200,11 @@ class _SlotStream(IterableDataset):
         guard = _Guard(self.max_failures, len(self.urls), stats)
         pipeline = wds.DataPipeline(
             lambda: slot_shard_draws(self.urls, self.seed, self.rank * self.n_workers + worker, n_slots),
-            lambda draws: _read_shards(draws, stage.prompt_mode, stats, guard),
+            lambda draws: read_shards(draws, stage.prompt_mode, stats, guard, self.features),
             wds.shuffle(max(1, stage.shuffle_buffer), initial=max(1, stage.shuffle_buffer),
                         rng=random.Random(_seed(self.seed, "shuffle", self.rank, worker))),
-            lambda raws: _decode_valid(raws, stage.prompt_mode, stats, guard),
+            lambda raws: _decode_valid(raws, stage.prompt_mode, stats, guard,
+                                       self.features.key if self.features is not None else None),
             wds.batched(stage.batch_size, collation_fn=None, partial=False),
         )
         view_seed = _seed(self.seed, "view", self.rank, worker)
@@ -400,17 +272,20 @@ def iterate_examples(
     world_size: int = 1,
     stats: LoaderStats | None = None,
     max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES,
+    features: FeatureCache | None = None,
 ) -> Iterator[list[Example]]:
     """Endless batches of `stage.batch_size` examples for this rank; batch k is global step start_step + k.
 
     Bad shards / samples are skipped and counted in `stats`; nothing usable at all raises UserError.
+    `features` (mumu/train/features.py find_cache): each example also carries its cached frozen outputs; the
+    stream of examples is the same with or without it.
     """
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} is outside world_size {world_size}")
     if start_step < 0 or stage.batch_size < 1:
         raise UserError(f"start_step ({start_step}) must be >= 0 and batch_size ({stage.batch_size}) >= 1")
     urls = expand_shard_urls(shard_urls)  # checked now, not at the first next()
-    dataset = _SlotStream(urls, stage, seed, start_step, rank, world_size, max_consecutive_failures)
+    dataset = _SlotStream(urls, stage, seed, start_step, rank, world_size, max_consecutive_failures, features)
     return _consume(dataset, stage.loader_workers, stats if stats is not None else LoaderStats())
 
 

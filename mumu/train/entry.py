@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         result = train(args.stage, cfg, shard_urls(args.data), args.out, init=args.init, resume=args.resume,
                        max_steps=args.max_steps,
                        on_log=lambda step, m: _say(f"{args.stage} step {step}: loss {m['loss']:.4f}"),
-                       on_resume=lambda step, ckpt: _say(resumed_line(args.stage, step, ckpt)))
+                       on_resume=lambda step, ckpt: _say(resumed_line(args.stage, step, ckpt)),
+                       on_info=lambda line: _say(f"{args.stage}: {line}"))
         if PartialState().is_main_process:
             write_json_atomic(Path(args.out) / "result.json", result_summary(result))
     except UserError as exc:

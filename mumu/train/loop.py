@@ -24,6 +24,7 @@ from mumu.config import ProfileConfig, config_hash, load_profile
 from mumu.errors import UserError
 from mumu.size_conditioning import SizeTally, write_sizes
 from mumu.train.checkpoint import clean_partial, list_checkpoints, load_checkpoint, save_checkpoint
+from mumu.train.features import find_cache
 from mumu.train.optim import build_ema, build_lr_scheduler, build_optimizer, step_generator
 from mumu.train.preview import sample_grid
 
@@ -80,12 +81,15 @@ def train(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_sample: Callable[[int, Path], None] | None = None,
     on_resume: Callable[[int, Path], None] | None = None,
+    on_info: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train one stage; checkpoints, TensorBoard scalars, preview grids and the final model go to out_dir.
 
     init: a saved MumuModel directory (stage 2 starts from stage 1's out_dir/model); None = from config.
     iterate(data_urls, stage, seed, start_step=...) yields batches of Examples (mumu.train.data).
     on_resume(step, checkpoint) is called once (main process) when the run continues from a checkpoint.
+    on_info(line) gets the line that says whether the frozen parts come from the feature cache
+    (mumu/train/features.py): the losses are the same either way, so a run may resume with or without it.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from torch.utils.tensorboard import SummaryWriter
@@ -156,6 +160,11 @@ def train(
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start + 1) if main else None
     # Batch k of the stream is micro-batch k of this process (the loader deals shards to ranks).
     shard = {"rank": rank, "world_size": world} if world > 1 else {}
+    cache, cache_line = find_cache(data_urls, core.cfg, profile.train) if data_urls else (None, "")
+    if cache is not None:
+        shard["features"] = cache
+    if main and on_info is not None and cache_line:
+        on_info(cache_line)
     batches = iterate(data_urls, stage, seed, start_step=start * accum, **shard)
     preview_prompts: list[list] | None = None
     saved, samples = [], []

@@ -1,0 +1,77 @@
+"""cache-features: the outputs of the model's frozen parts, computed once per sample (DATA/features/<key>/).
+
+    plan-cache ──▶ cache-shards (a subflow on the profile's task runner: cache-shard-group mapped over
+                   groups of data shards, finished sidecars skipped) ──▶ write-cache-manifest
+
+What is cached and why: mumu/config/train.py FeaturesConfig and docs/feature_cache.md. Training finds the cache
+by the same key (mumu/train/features.py), so this stage may run or not: the losses are the same either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.futures import as_completed
+from tqdm import tqdm
+
+from data_schemas.features import FeatureShardReport
+from deployments.events import emit_stage_completed
+from flows.runners import shard_groups, task_runner
+from mumu.config import load_profile
+from mumu.config.model import ModelConfig
+from mumu.config.runtime import RuntimeConfig
+from mumu.config.train import FeaturesConfig
+from mumu.runs import write_run_config
+from mumu.train.feature_stage import CachePlan
+from mumu.train.features import sidecar_done
+from tasks import features as t
+from tasks.common import retry_options
+
+
+@flow(name="cache-features")
+def cache_features(data: str, profile: str = "tiny", overrides: dict[str, Any] | None = None) -> dict:
+    cfg = load_profile(profile, overrides)
+    log = get_run_logger()
+    retry = retry_options(cfg.runtime)
+
+    plan = t.plan_cache.with_options(**retry)(data, cfg.model, cfg.train)
+    if plan is None:
+        log.info("this model and config have nothing to cache (train.features): training computes every part")
+        emit_stage_completed("cache-features", data, key=None)
+        return {"key": None, "samples": 0, "bytes": 0, "shards": 0}
+    write_run_config(plan.folder, cfg)
+    done = [r for s in plan.shards if (r := sidecar_done(plan.folder, s, plan.key)) is not None]
+    todo = [s for s in plan.shards if s.shard not in {r.shard for r in done}]
+    log.info("feature cache %s (%s): %d data shards, %d already cached, %d to compute",
+             plan.key, ", ".join(plan.spec["parts"]), len(plan.shards), len(done), len(todo))
+
+    built = cache_shards.with_options(task_runner=task_runner(cfg.runtime))(
+        plan, todo, cfg.model, cfg.train.features, cfg.runtime, len(done))
+    manifest = t.write_cache_manifest.with_options(**retry)(plan, [*done, *built])
+    create_table_artifact(
+        key="cache-features", description=f"feature cache {plan.key} of {data}",
+        table=[{"shard": r.name, "samples": r.samples, "bytes": r.bytes, **r.tensors} for r in manifest.shards])
+    log.info("feature cache %s: %d samples in %d shards, %.1f MB", plan.key, manifest.samples, len(manifest.shards),
+             manifest.bytes / 1e6)
+    emit_stage_completed("cache-features", data, key=plan.key, features=str(plan.folder))
+    return {"key": plan.key, "samples": manifest.samples, "bytes": manifest.bytes, "shards": len(manifest.shards),
+            "folder": str(plan.folder)}
+
+
+@flow(name="cache-shards", validate_parameters=False)
+def cache_shards(plan: CachePlan, todo: list, model: ModelConfig, features: FeaturesConfig, runtime: RuntimeConfig,
+                 already_done: int = 0) -> list[FeatureShardReport]:
+    """cache-shard-group mapped over groups of data shards (runtime.shards_per_task each)."""
+    retry = retry_options(runtime)
+    groups = shard_groups(todo, runtime)
+    futures = t.cache_shard_group.with_options(**retry).map(unmapped(plan), groups, unmapped(model),
+                                                            unmapped(features), unmapped(runtime))
+    reports = []
+    with tqdm(total=len(todo) + already_done, initial=already_done, desc="cache-features shards", unit="shard") as bar:
+        for future in as_completed(futures):
+            done = future.result()
+            reports.extend(done)
+            bar.update(len(done))
+    return reports

@@ -1,0 +1,80 @@
+"""Task runs of the data stages: how shards are dealt to them, and that a (retried) run redoes only its unfinished
+shards, with the same bytes as one uninterrupted run; PNG level is lossless."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.runners import concurrent_tasks, shard_groups
+from mumu.config import load_profile
+from mumu.data import stages
+from mumu.data.oracle import GroundTruth
+from mumu.data.scenes import render_scene
+from mumu.data.shards import encode_image
+
+EMOJI = Path(__file__).resolve().parent.parent / "mumu" / "samples" / "emoji"
+
+
+@pytest.mark.parametrize("n, per_task, workers, runner", [
+    (24, 8, 1, "thread"), (3, 8, 1, "thread"), (100, 8, 1, "thread"), (100, 1, 1, "thread"), (10, 8, 3, "dask"),
+    (1, 1, 1, "thread"),
+])
+def test_shards_are_dealt_to_enough_runs_of_even_length(n, per_task, workers, runner):
+    runtime = load_profile("tiny", {"runtime.shards_per_task": per_task, "runtime.workers": workers,
+                                    "runtime.task_runner": runner}).runtime
+    groups = shard_groups(list(range(n)), runtime)
+    want = min(n, max(concurrent_tasks(runtime), math.ceil(n / per_task)))
+    assert len(groups) == want
+    assert sorted(i for g in groups for i in g) == list(range(n))  # every shard exactly once
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1 and max(map(len, groups)) <= max(per_task, 1 + n // want)
+    assert groups[0][:2] == [0, want][: len(groups[0][:2])]  # round-robin: shard i goes to run i mod n
+    assert shard_groups([], runtime) == []
+
+
+def test_a_group_redoes_only_its_unfinished_shards_with_the_same_bytes(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    oracle, rows = GroundTruth(), []
+    for i in range(6):
+        scene = render_scene(EMOJI, 300 + i)
+        oracle.add_scene(scene)
+        scene.image.save(src / f"s{i}.png")
+        rows.append(json.dumps({"image": f"s{i}.png", "caption": scene.caption}))
+    (src / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = load_profile("tiny", {"data.ingest.images_per_shard": 2}).data
+    shards = stages.plan_shards(src, cfg.ingest)
+    whole, ran = tmp_path / "whole", []
+    stages.run_shards(shards, whole, cfg, None, oracle, oracle, ran)
+    assert ran == [0, 1, 2]
+    # A run killed after shard 1: shards 0 and 1 finished, 2 not. Its retry runs shard 2 only.
+    part = tmp_path / "part"
+    part.mkdir()
+    for name in ("shard-00000", "shard-00001"):
+        for suffix in (".tar", ".report.json", ".quarantine.jsonl"):
+            (part / f"{name}{suffix}").write_bytes((whole / f"{name}{suffix}").read_bytes())
+    ran = []
+    reports = stages.run_shards(shards, part, cfg, None, oracle, oracle, ran)
+    assert ran == [2] and [r.shard for r in reports] == [0, 1, 2]
+    assert {p.name: p.read_bytes() for p in part.iterdir()} == {p.name: p.read_bytes() for p in whole.iterdir()}
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_every_png_level_decodes_to_the_same_pixels(mode):
+    rng = np.random.default_rng(0)
+    y, x = np.indices((37, 53))
+    pixels = (x * 4 + y * 2 + rng.integers(0, 3, (37, 53))).astype(np.uint8)  # a gradient with a little noise
+    image = Image.fromarray(np.stack([pixels, pixels[::-1], 255 - pixels], -1) if mode == "RGB" else pixels, mode)
+    sizes = {}
+    for level in (0, 1, 6, 9):
+        data = encode_image(image, "png", png_compress_level=level)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(image)), level
+        assert data == encode_image(image, "png", png_compress_level=level)  # deterministic
+        sizes[level] = len(data)
+    assert sizes[0] > sizes[1] >= sizes[9]  # level 0 stores, the others deflate
