@@ -47,6 +47,9 @@ def parse_args(argv=None):
     ap.add_argument("--profile", default="ablation")
     ap.add_argument("--scenes", type=int, default=512, help="training scenes rendered")
     ap.add_argument("--scene-size", type=int, default=128)
+    ap.add_argument("--max-objects", type=int, default=1, choices=(1, 2, 3), help="emoji per training scene: 1 to this")
+    ap.add_argument("--scale", type=float, nargs=2, default=(0.5, 0.7), help="emoji side as a share of the scene's "
+                    "(as the default run's mumu/samples/train)")
     ap.add_argument("--heldout", type=int, default=8, help="subjects never in training scenes")
     ap.add_argument("--seen", type=int, default=8, help="training subjects with new eval prompts")
     ap.add_argument("--samples", type=int, default=None, help="images per prompt (default eval.samples_per_prompt)")
@@ -207,7 +210,8 @@ def main(argv=None) -> dict:
     train_subjects, heldout = D.split_subjects(emoji, args.heldout, seed=0)
     prompts = D.eval_prompts(train_subjects, heldout, args.seen, seed=0)
     t0 = time.perf_counter()
-    data = D.build_shards(emoji, train_subjects, out / "data", args.scenes, args.scene_size, 0, profile)
+    data = D.build_shards(emoji, train_subjects, out / "data", args.scenes, args.scene_size, 0, profile,
+                          args.max_objects, tuple(args.scale))
     urls = D.shard_urls(out / "data" / "shards")
     data_seconds = time.perf_counter() - t0
     print(f"data: {data['written']} scenes ({data_seconds:.0f} s)", flush=True)

@@ -70,7 +70,7 @@ def eval_prompts(train: dict[str, str], heldout: dict[str, str], n_seen: int, se
 
 
 def build_shards(emoji_dir: Path, train: dict[str, str], out: Path, n_scenes: int, size: int, seed: int,
-                 profile) -> dict:
+                 profile, max_objects: int = 3, scale: tuple[float, float] = (0.3, 0.5)) -> dict:
     """Render `n_scenes` training scenes into out/scenes and write shards to out/shards (skipped when the
     manifest already exists). Returns a summary (counts, objects per scene)."""
     scenes_dir, shard_dir = out / "scenes", out / "shards"
@@ -80,7 +80,8 @@ def build_shards(emoji_dir: Path, train: dict[str, str], out: Path, n_scenes: in
     scenes_dir.mkdir(parents=True, exist_ok=True)
     oracle, rows, n_objects = GroundTruth(), [], []
     for i in range(n_scenes):
-        scene = render_scene(emoji_dir, seed * 1_000_003 + i, size=size, names=train)
+        n = random.Random(seed * 1_000_003 + i).randint(1, max_objects)
+        scene = render_scene(emoji_dir, seed * 1_000_003 + i, size=size, names=train, n_objects=n, scale=scale)
         oracle.add_scene(scene)
         file = f"scene_{i:05d}.png"
         scene.image.save(scenes_dir / file)
@@ -92,7 +93,7 @@ def build_shards(emoji_dir: Path, train: dict[str, str], out: Path, n_scenes: in
         raise RuntimeError(f"data stage wrote {manifest.written} of {n_scenes} scenes (see {shard_dir})")
     summary = {"scenes": n_scenes, "written": manifest.written, "size": size,
                "objects": {str(k): n_objects.count(k) for k in sorted(set(n_objects))},
-               "train_subjects": len(train), "background_colours": sorted(PLAIN)}
+               "train_subjects": len(train), "background_colours": sorted(PLAIN), "scale": list(scale)}
     write_text_atomic(summary_path, json.dumps(summary, indent=1, sort_keys=True) + "\n")  # the "done" marker
     return summary
 

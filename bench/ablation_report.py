@@ -23,14 +23,15 @@ A CPU-scale version of UNIMO-G's ablation (Tables 2–3: "w/o Tuning", "w/o Visu
 It is a runnable experiment, not part of CI; `tests/test_ablation_smoke.py` runs its plumbing with 1–2 steps.
 
 ```
-python bench/ablation.py --steps-pretrain 200 --steps-tune 100 --seeds 0 1 2 --jobs 3 --out runs/ablation
+python bench/ablation.py --steps-pretrain 800 --steps-tune 800 --seeds 0 1 2 --threads 2 --out runs/ablation --write-docs
 python bench/ablation_report.py runs/ablation/results.json      # (re)writes this file
 ```
 
 ## Set-up
 
-- **Data.** Composed emoji scenes (`mumu.data.scenes.render_scene`, 128 px): 1–3 emoji on a plain or gradient
-  background, caption from their names ("a cactus and a hot dog on a blue background"), boxes and masks exact.
+- **Data.** Composed emoji scenes (`mumu.data.scenes.render_scene`, 128 px): 1 to `--max-objects` emoji (default
+  1, at 0.5–0.7 of the side, as the default run's `mumu/samples/train`) on a plain or gradient background,
+  caption from their names ("a cactus on a blue background"), boxes and masks exact.
   They go through the real data stage (`mumu.data.stages.run_local`) with the `GroundTruth` oracle as detector
   and segmenter, so the shards hold MUMU prompts with the exact crops and masks. 8 of the 72 subjects are
   **held out** (never in a training scene).

@@ -23,7 +23,8 @@ from mumu.train.loop import train
 from models.encoder import PromptEncoder
 
 EMOJI = SAMPLES_DIR.parent / "emoji"
-QUIET = {"data.ingest.images_per_shard": 4, "train.tune.sample_every": 0, "train.tune.checkpoint_every": 100}
+QUIET = {"data.ingest.images_per_shard": 4, "train.tune.sample_every": 0, "train.tune.checkpoint_every": 100,
+         "train.tune.batch_size": 2}
 # The tiny profile trains the encoder's LoRA, so its vision tower and VAE are the frozen parts; crop augmentation
 # on half the prompt images mixes cached and computed images in one batch.
 VISION = {**QUIET, "train.tune.augment.share": 0.5}

@@ -51,5 +51,5 @@ def test_pipeline_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path):
     assert {"evaluation", "build-data-counts"} <= {a.key for a in artifact}
 
     before = _snapshot(tmp_path)
-    pipeline(out=str(tmp_path), overrides=SMALL)
+    pipeline(input_path=str(SAMPLES_DIR), out=str(tmp_path), overrides=SMALL)
     assert _snapshot(tmp_path) == before  # shards, checkpoints and generated chunks all reused

@@ -95,7 +95,7 @@ def test_pretrain_flow_trains_under_accelerate_launch_with_two_processes(shards,
     from flows.pretrain import pretrain
 
     overrides = {"train.pretrain.checkpoint_every": 2, "train.pretrain.sample_every": 0,
-                 "runtime.train_processes": 2}
+                 "train.pretrain.log_every": 1, "train.pretrain.batch_size": 2, "runtime.train_processes": 2}
     state = pretrain(data=str(shards), out=str(tmp_path / "run"), overrides=overrides, max_steps=4,
                      return_state=True)
     result = state.result()

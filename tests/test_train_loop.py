@@ -50,10 +50,21 @@ def profile(stage="tune", **kw):
 
 def test_overfits_a_fixed_batch(tmp_path: Path):
     logs = []
-    prof = profile("pretrain", cfg_dropout=0.0, sample_every=0, checkpoint_every=100, log_every=1)
+    prof = profile("pretrain", cfg_dropout=0.0, sample_every=0, checkpoint_every=100, log_every=1, warmup_steps=2)
     result = train("pretrain", prof, [], tmp_path, max_steps=20, iterate=fixed, on_log=lambda s, m: logs.append((s, m)))
-    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
-    assert last < 0.7 * first, (first, last)  # v-prediction: at t near T the target is the image itself
+    # The loss of one step depends on its random timesteps: compare the model before and after training on
+    # the same draws (8 seeded generators) instead.
+    from models.mumu_model import MumuModel
+
+    def loss_on_fixed_draws(model):
+        with torch.no_grad():
+            batch = model.prepare(EXAMPLES[:2])
+            return np.mean([model.training_loss(batch, torch.Generator().manual_seed(k), AttnLossConfig())["loss"].item()
+                            for k in range(8)])
+
+    before, after = loss_on_fixed_draws(MumuModel.from_config(prof.model)), loss_on_fixed_draws(
+        MumuModel.from_pretrained(tmp_path / "model"))
+    assert after < 0.7 * before, (before, after)  # 1.49 -> 0.85 when written
     assert [s for s, _ in logs] == list(range(1, 21))
     assert logs[-1][1]["loss"] == pytest.approx(result.losses[-1])
     assert set(logs[0][1]) >= {"loss", "diffusion", "attn", "grad_norm", "lr/connector", "lr/encoder", "lr/unet"}

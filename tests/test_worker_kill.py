@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 POOL = "mumu-process"
 STEPS = 12
-OVERRIDES = {"train.pretrain.checkpoint_every": 2, "train.pretrain.sample_every": 0}
+OVERRIDES = {"train.pretrain.checkpoint_every": 2, "train.pretrain.sample_every": 0, "train.pretrain.batch_size": 2}
 
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
