@@ -20,7 +20,7 @@ from flows.runners import task_runner
 from mumu.config import load_profile
 from mumu.config.eval import EvalConfig
 from mumu.config.runtime import RuntimeConfig
-from mumu.eval.benchmarks import Benchmark, build_benchmarks, chunk, eval_config_for
+from mumu.eval.benchmarks import Benchmark, build_benchmarks, checkpoint_prompt_mode, chunk, eval_config_for
 from mumu.runs import model_dir, write_run_config
 from tasks import evaluate as t
 from tasks.common import retry_options
@@ -32,9 +32,13 @@ def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny
     overrides = dict(overrides or {})
     if bench != "toy":
         overrides["eval.benchmark.root"] = bench
+    model = str(model_dir(checkpoint))
+    # Benchmark prompts are built the way the checkpoint was tuned, unless the caller names a mode.
+    tuned = checkpoint_prompt_mode(model)
+    if tuned is not None and "eval.benchmark.prompt_mode" not in overrides:
+        overrides["eval.benchmark.prompt_mode"] = tuned
     cfg = load_profile(profile, overrides)
     ev, runtime = cfg.eval, cfg.runtime
-    model = str(model_dir(checkpoint))
     write_run_config(out, cfg)
     retry = retry_options(runtime)
     # Chunks are mapped in a subflow on the profile's task runner, however this flow was started. Built once:

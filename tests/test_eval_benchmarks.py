@@ -156,3 +156,14 @@ def test_report_names_the_prompt_mode(tmp_path):
     assert "### mumu · toy-single · unimo prompts" in with_mode.markdown
     assert json.loads(with_mode.json_path.read_text())["scores"][0]["prompt_mode"] == "unimo"
     assert "prompts" not in write_report([score], tmp_path / "b").markdown.split("## Samples")[1]
+
+
+def test_checkpoint_prompt_mode_reads_the_tuned_models_record(tmp_path):
+    import json
+
+    from mumu.eval.benchmarks import checkpoint_prompt_mode
+
+    assert checkpoint_prompt_mode(tmp_path) is None  # a model saved without training.json
+    for tuned, expected in (("unimo", "unimo"), ("mumu", "mumu"), ("text", "mumu")):
+        (tmp_path / "training.json").write_text(json.dumps({"stage": "tune", "prompt_mode": tuned}))
+        assert checkpoint_prompt_mode(tmp_path) == expected

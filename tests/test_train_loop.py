@@ -71,6 +71,13 @@ def test_overfits_a_fixed_batch(tmp_path: Path):
     assert [m["lr/unet"] for _, m in logs[:4]] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])  # 2 warmup steps, then constant
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert (tmp_path / "model" / "mumu_config.json").exists()
+    # the stage's prompt mode travels with the model: evaluation builds its prompts the same way
+    import json
+
+    from mumu.eval.benchmarks import checkpoint_prompt_mode
+
+    assert json.loads((tmp_path / "model" / "training.json").read_text()) == {"stage": "pretrain", "prompt_mode": "text"}
+    assert checkpoint_prompt_mode(tmp_path / "model") == "mumu"  # text-only: the benchmark keeps the names
     assert [p.name for p in result.checkpoints] == ["step-000020"]
 
 

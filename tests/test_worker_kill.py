@@ -51,6 +51,11 @@ def _wait_checkpoint(out: Path, step: int, log) -> None:
     wait_for(f"checkpoint {step}", state.exists, 300, interval=0.05, on_timeout=log)
 
 
+def _last_checkpoint(out: Path) -> int:
+    done = [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*") if (p / "state.json").exists()]
+    return max(done, default=0)
+
+
 def _children(pid: int) -> list[int]:
     """Processes whose parent is `pid` (from /proc: field 4 of /proc/N/stat is the parent's pid)."""
     found = []
@@ -104,16 +109,22 @@ def test_killed_worker_and_lost_machine_then_a_rerun_resumes_to_the_same_model(s
         # 2. the machine is lost: worker and flow-run process killed at once, so nobody reports the end
         second = _run_deployment(env, params)
         with worker(POOL, fast, cwd=tmp_path, queues=["gpu"], log_path=logs[1], new_session=True) as lost:
-            _wait_checkpoint(out, 4, log)  # resumed from checkpoint 2 and went on
+            # The crashed run's process may have saved a checkpoint or two more before it noticed its worker gone:
+            # wait for this run to start, then for two steps past whatever it resumed from.
+            wait_for("the second run to start", lambda: api.run(second)["state"]["type"] == "RUNNING", 120,
+                     on_timeout=log)
+            resumed_from = _last_checkpoint(out)
+            assert 2 <= resumed_from <= STEPS - 4, resumed_from
+            _wait_checkpoint(out, resumed_from + 2, log)  # resumed and went on
             for pid in [*_children(lost.pid), lost.pid]:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
             lost.wait(timeout=30)
-        phase("worker and its flow-run process killed after checkpoint 4")
+        phase(f"worker and its flow-run process killed after checkpoint {resumed_from + 2}")
         assert not _final_checkpoint(out).exists() and not (out / "model").exists()
         assert api.run(second)["state"]["type"] == "RUNNING"  # an orphan: it holds the gpu queue's slot
 
         # 3. the deployment run again, on a new worker: it waits for the slot the orphan holds until the
-        #    heartbeat automation marks the orphan Crashed, then resumes from checkpoint 4
+        #    heartbeat automation marks the orphan Crashed, then resumes from its last checkpoint
         third = _run_deployment(env, params)
         with worker(POOL, fast, cwd=tmp_path, queues=["gpu"], log_path=logs[2]):
             crashed = wait_for("the automation to mark the orphaned run Crashed",

@@ -267,6 +267,17 @@ def dreambench_items(subjects: list[Subject], templates: dict[str, list[str]], m
     return items
 
 
+def checkpoint_prompt_mode(model_dir: str | Path) -> PromptMode | None:
+    """The prompt mode a saved model was tuned with (its training.json, written by mumu/train/loop.py): "mumu"
+    or "unimo"; a text-only stage never saw an image, so its benchmark keeps the names ("mumu"). None for a
+    model saved without one."""
+    path = Path(model_dir) / "training.json"
+    if not path.is_file():
+        return None
+    mode = json.loads(path.read_text()).get("prompt_mode")
+    return "unimo" if mode == "unimo" else "mumu"
+
+
 def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[Benchmark]:
     """The benchmarks of `cfg.kinds` (named "<root name or toy>-single" / "-multi"), in that order.
 

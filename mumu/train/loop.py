@@ -22,6 +22,7 @@ import torch
 
 from mumu.config import ProfileConfig, config_hash, load_profile
 from mumu.errors import UserError
+from mumu.io import write_json_atomic
 from mumu.size_conditioning import SizeTally, write_sizes
 from mumu.train.checkpoint import clean_partial, list_checkpoints, load_checkpoint, save_checkpoint
 from mumu.train.features import find_cache
@@ -29,6 +30,7 @@ from mumu.train.optim import build_ema, build_lr_scheduler, build_optimizer, ste
 from mumu.train.preview import sample_grid
 
 STAGES = ("pretrain", "tune")
+TRAINING_FILE = "training.json"  # in a stage's model folder: the stage and its prompt mode
 PREVIEW_PROMPTS = 4
 
 
@@ -241,6 +243,8 @@ def train(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         core.save_pretrained(tmp_dir)
         write_sizes(tmp_dir, sizes)
+        # How this stage's prompts were built: evaluation builds its benchmark prompts the same way.
+        write_json_atomic(tmp_dir / TRAINING_FILE, {"stage": stage_name, "prompt_mode": stage.prompt_mode})
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp_dir.rename(model_dir)
     accelerator.wait_for_everyone()
