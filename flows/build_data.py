@@ -14,12 +14,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
-from prefect.futures import as_completed
-from tqdm import tqdm
 
 from deployments.events import emit_stage_completed
 from data_schemas import ShardReport
-from flows.runners import shard_groups, task_runner
+from flows.runners import gather_shard_groups, shard_groups, task_runner
 from mumu.config import config_hash, load_profile
 from mumu.config.data import DataConfig
 from mumu.config.runtime import RuntimeConfig
@@ -70,10 +68,4 @@ def build_shards(todo: list[stages.InputShard], out: str, data: DataConfig, runt
     retry = retry_options(runtime)
     written = t.build_shard_group.with_options(**retry).map(shard_groups(todo, runtime), unmapped(out),
                                                             unmapped(data), unmapped(runtime))
-    reports = []
-    with tqdm(total=len(todo) + already_done, initial=already_done, desc="build-data shards", unit="shard") as bar:
-        for future in as_completed(written):
-            group = future.result()
-            reports.extend(group)
-            bar.update(len(group))
-    return reports
+    return gather_shard_groups(written, len(todo) + already_done, already_done, "build-data shards")

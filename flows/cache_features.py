@@ -13,12 +13,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
-from prefect.futures import as_completed
-from tqdm import tqdm
 
 from data_schemas.features import FeatureShardReport
 from deployments.events import emit_stage_completed
-from flows.runners import shard_groups, task_runner
+from flows.runners import gather_shard_groups, shard_groups, task_runner
 from mumu.config import load_profile
 from mumu.config.model import ModelConfig
 from mumu.config.runtime import RuntimeConfig
@@ -68,10 +66,4 @@ def cache_shards(plan: CachePlan, todo: list, model: ModelConfig, features: Feat
     groups = shard_groups(todo, runtime)
     futures = t.cache_shard_group.with_options(**retry).map(unmapped(plan), groups, unmapped(model),
                                                             unmapped(features), unmapped(runtime))
-    reports = []
-    with tqdm(total=len(todo) + already_done, initial=already_done, desc="cache-features shards", unit="shard") as bar:
-        for future in as_completed(futures):
-            done = future.result()
-            reports.extend(done)
-            bar.update(len(done))
-    return reports
+    return gather_shard_groups(futures, len(todo) + already_done, already_done, "cache-features shards")

@@ -45,3 +45,18 @@ def task_runner(runtime: RuntimeConfig):
             "env": {"PREFECT_API_URL": _this_api_url()},
         })
     return ThreadPoolTaskRunner(max_workers=concurrent_tasks(runtime))
+
+
+def gather_shard_groups(futures, total: int, already_done: int, desc: str) -> list:
+    """Results of task runs that each return a list (one report per shard), as they finish, with a progress
+    bar counted in shards."""
+    from prefect.futures import as_completed
+    from tqdm import tqdm
+
+    reports = []
+    with tqdm(total=total, initial=already_done, desc=desc, unit="shard") as bar:
+        for future in as_completed(futures):
+            done = future.result()
+            reports.extend(done)
+            bar.update(len(done))
+    return reports
