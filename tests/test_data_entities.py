@@ -105,10 +105,6 @@ def test_bundled_samples_run_through_the_pipeline_with_ground_truth(tmp_path):
         def caption(self, images):
             return [vlm[image_id(im)] for im in images]
 
-    class Captioner:
-        def caption(self, images):
-            return [vlm[image_id(im)] for im in images]
-
     cfg = load_profile("tiny").data
     manifest, _ = stages.run_local(SCENES, tmp_path, cfg, Captioner(), gt, gt, "h")
     assert (manifest.inputs, manifest.written, manifest.quarantined) == (24, 24, 0)

@@ -9,20 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from mumu import SAMPLES_DIR
 from mumu.cli import main
 from mumu.config import load_profile
 from mumu.data import stages
-from mumu.data.oracle import GroundTruth
-from mumu.data.scenes import render_scene
 from mumu.data.shards import shard_urls
 from mumu.errors import UserError
 from mumu.train import feature_stage
 from mumu.train.features import cache_dir, cache_spec, find_cache, spec_key
 from mumu.train.loop import train
 from models.encoder import PromptEncoder
+from tests.scenes import write_scene_folder
 
-EMOJI = SAMPLES_DIR.parent / "emoji"
 QUIET = {"data.ingest.images_per_shard": 4, "train.tune.sample_every": 0, "train.tune.checkpoint_every": 100,
          "train.tune.batch_size": 2}
 # The tiny profile trains the encoder's LoRA, so its vision tower and VAE are the frozen parts; crop augmentation
@@ -37,13 +34,7 @@ PROMPT = {**QUIET, "model.encoder.train_language_model": "frozen", "model.encode
 def data(tmp_path_factory) -> Path:
     """Eight ground-truth emoji scenes in two data shards (oracle boxes and masks: every sample has entities)."""
     src, out = tmp_path_factory.mktemp("scenes"), tmp_path_factory.mktemp("data")
-    oracle, rows = GroundTruth(), []
-    for i in range(8):
-        scene = render_scene(EMOJI, 700 + i)
-        oracle.add_scene(scene)
-        scene.image.save(src / f"s{i}.png")
-        rows.append(json.dumps({"image": f"s{i}.png", "caption": scene.caption}))
-    (src / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    oracle = write_scene_folder(src, range(700, 708))
     manifest, _ = stages.run_local(src, out, load_profile("tiny", QUIET).data, None, oracle, oracle, "test")
     assert manifest.written == 8 and len(manifest.shards) == 2
     return out

@@ -7,17 +7,14 @@ import json
 
 import pytest
 
-from mumu import SAMPLES_DIR
 from mumu.cli import main
 from mumu.config import load_profile
 from mumu.data import stages
-from mumu.data.oracle import GroundTruth
-from mumu.data.scenes import render_scene
 from mumu.train import feature_stage
 from mumu.train.features import cache_dir
+from tests.scenes import write_scene_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-EMOJI = SAMPLES_DIR.parent / "emoji"
 # Three data shards of two samples, one shard per task run: the three groups run at once on the thread runner.
 SMALL = {"data.ingest.images_per_shard": 2, "runtime.shards_per_task": 1}
 
@@ -25,14 +22,7 @@ SMALL = {"data.ingest.images_per_shard": 2, "runtime.shards_per_task": 1}
 @pytest.fixture
 def data(tmp_path):
     src, out = tmp_path / "scenes", tmp_path / "data"
-    src.mkdir()
-    oracle, rows = GroundTruth(), []
-    for i in range(6):
-        scene = render_scene(EMOJI, 900 + i)
-        oracle.add_scene(scene)
-        scene.image.save(src / f"s{i}.png")
-        rows.append(json.dumps({"image": f"s{i}.png", "caption": scene.caption}))
-    (src / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    oracle = write_scene_folder(src, range(900, 906))
     stages.run_local(src, out, load_profile("tiny", SMALL).data, None, oracle, oracle, "test")
     return out
 

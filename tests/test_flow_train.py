@@ -1,19 +1,15 @@
 """pretrain → tune as Prefect flows on tiny shards: outputs, resume, and a crash healed by the task's retry."""
 
-import json
 from pathlib import Path
 
 import pytest
 
-from mumu import SAMPLES_DIR
 from mumu.config import load_profile
 from mumu.data import stages
-from mumu.data.oracle import GroundTruth
-from mumu.data.scenes import render_scene
 from mumu.train import loop
+from tests.scenes import write_scene_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-EMOJI = SAMPLES_DIR.parent / "emoji"
 FAST = {"train.pretrain.checkpoint_every": 2, "train.pretrain.sample_every": 0,
         "train.tune.checkpoint_every": 2, "train.tune.sample_every": 0}
 
@@ -22,13 +18,7 @@ FAST = {"train.pretrain.checkpoint_every": 2, "train.pretrain.sample_every": 0,
 def shards(tmp_path_factory):
     """Eight ground-truth emoji scenes → shards (oracle boxes and masks, so every sample has entities)."""
     root, out = tmp_path_factory.mktemp("scenes"), tmp_path_factory.mktemp("shards")
-    oracle, rows = GroundTruth(), []
-    for i in range(8):
-        scene = render_scene(EMOJI, 500 + i)
-        oracle.add_scene(scene)
-        scene.image.save(root / f"s{i}.png")
-        rows.append(json.dumps({"image": f"s{i}.png", "caption": scene.caption}))
-    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    oracle = write_scene_folder(root, range(500, 508))
     cfg = load_profile("tiny")
     manifest, _ = stages.run_local(root, out, cfg.data, None, oracle, oracle, "test")
     assert manifest.written == 8

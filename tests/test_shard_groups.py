@@ -4,9 +4,7 @@ shards, with the same bytes as one uninterrupted run; PNG level is lossless."""
 from __future__ import annotations
 
 import io
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +13,8 @@ from PIL import Image
 from flows.runners import concurrent_tasks, shard_groups
 from mumu.config import load_profile
 from mumu.data import stages
-from mumu.data.oracle import GroundTruth
-from mumu.data.scenes import render_scene
 from mumu.data.shards import encode_image
-
-EMOJI = Path(__file__).resolve().parent.parent / "mumu" / "samples" / "emoji"
+from tests.scenes import write_scene_folder
 
 
 @pytest.mark.parametrize("n, per_task, workers, runner", [
@@ -40,14 +35,7 @@ def test_shards_are_dealt_to_enough_runs_of_even_length(n, per_task, workers, ru
 
 def test_a_group_redoes_only_its_unfinished_shards_with_the_same_bytes(tmp_path):
     src = tmp_path / "in"
-    src.mkdir()
-    oracle, rows = GroundTruth(), []
-    for i in range(6):
-        scene = render_scene(EMOJI, 300 + i)
-        oracle.add_scene(scene)
-        scene.image.save(src / f"s{i}.png")
-        rows.append(json.dumps({"image": f"s{i}.png", "caption": scene.caption}))
-    (src / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    oracle = write_scene_folder(src, range(300, 306))
     cfg = load_profile("tiny", {"data.ingest.images_per_shard": 2}).data
     shards = stages.plan_shards(src, cfg.ingest)
     whole, ran = tmp_path / "whole", []

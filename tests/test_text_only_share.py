@@ -2,34 +2,23 @@
 caption is train.<stage>.text_only_share, not that plus a share chosen when the data was built."""
 
 import itertools
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mumu.config import load_profile
 from mumu.data import stages
-from mumu.data.oracle import GroundTruth
 from mumu.data.reader import read_shard
-from mumu.data.scenes import render_scene
 from mumu.data.shards import shard_urls
 from mumu.train.data import LoaderStats, iterate_examples
-
-EMOJI = Path(__file__).resolve().parent.parent / "mumu" / "samples" / "emoji"
+from tests.scenes import write_scene_folder
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """16 emoji scenes through the real data stage (oracle boxes and masks) with the tiny profile."""
     root, out = tmp_path_factory.mktemp("scenes"), tmp_path_factory.mktemp("data")
-    oracle, rows = GroundTruth(), []
-    for i in range(16):
-        scene = render_scene(EMOJI, 900 + i, size=96)
-        oracle.add_scene(scene)
-        scene.image.save(root / f"s{i}.png")
-        rows.append(json.dumps({"image": f"s{i}.png", "caption": scene.caption}))
-    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    oracle = write_scene_folder(root, range(900, 916), size=96)
     cfg = load_profile("tiny")
     manifest, _ = stages.run_local(root, out, cfg.data, None, oracle, oracle, "test")
     assert manifest.written == 16 and "text_only" not in manifest.counts
