@@ -22,19 +22,15 @@ import numpy as np
 from PIL import Image
 
 from mumu.data.scenes import PLAIN, _emoji_path
+from mumu.eval import identify
 
-BINS = 4
+BINS = identify.BINS
 BORDER = 3
 FG_DISTANCE = 48.0
 MIN_FG = 16
 
 
-def colour_hist(pixels: np.ndarray) -> np.ndarray:
-    """[N, 3] uint8 pixels → normalised [BINS**3] joint histogram (zeros when N == 0)."""
-    idx = (pixels.astype(np.int64) * BINS) // 256
-    flat = (idx[:, 0] * BINS + idx[:, 1]) * BINS + idx[:, 2]
-    h = np.bincount(flat, minlength=BINS**3).astype(np.float64)
-    return h / h.sum() if h.sum() else h
+colour_hist = identify.colour_histogram  # the evaluation's own histogram (BINS per channel there too)
 
 
 def intersection(a: np.ndarray, b: np.ndarray) -> float:
@@ -47,11 +43,7 @@ def subject_hist(emoji_dir: Path, file: str) -> np.ndarray:
 
 
 def background_colour(image: Image.Image) -> np.ndarray:
-    arr = np.asarray(image.convert("RGB"), np.float64)
-    b = BORDER
-    border = np.concatenate([arr[:b].reshape(-1, 3), arr[-b:].reshape(-1, 3),
-                             arr[b:-b, :b].reshape(-1, 3), arr[b:-b, -b:].reshape(-1, 3)])
-    return np.median(border, axis=0)
+    return identify.border_colour(np.asarray(image.convert("RGB")), BORDER)
 
 
 def nearest_palette(colour: np.ndarray) -> str:

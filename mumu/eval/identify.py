@@ -26,15 +26,28 @@ BACKGROUND_DISTANCE = 48  # RGB distance (0..441) from the background colour tha
 SHAPE_WEIGHT = 0.5  # silhouette agreement counts half as much as colour
 
 
+def border_colour(rgb: np.ndarray, width: int = 3) -> np.ndarray:
+    """The median colour of an [H, W, 3] image's `width`-pixel border: its background, for a centred subject."""
+    b = width
+    border = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3),
+                             rgb[b:-b, :b].reshape(-1, 3), rgb[b:-b, -b:].reshape(-1, 3)])
+    return np.median(border.astype(np.float64), axis=0)
+
+
+def colour_histogram(pixels: np.ndarray) -> np.ndarray:
+    """[N, 3] pixels (0..255) → normalised BINS³ joint colour histogram (zeros when N == 0)."""
+    q = np.clip((np.asarray(pixels, np.float64) * BINS / 256).astype(np.int64), 0, BINS - 1)
+    h = np.bincount((q[:, 0] * BINS + q[:, 1]) * BINS + q[:, 2], minlength=BINS**3).astype(np.float64)
+    return h / h.sum() if h.sum() else h
+
+
 def _foreground(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """(RGB float array, bool mask) at SIZE; transparent pixels are background, else the border's median."""
     rgba = np.asarray(image.convert("RGBA").resize((SIZE, SIZE), Image.Resampling.BILINEAR), np.float32)
     rgb, alpha = rgba[..., :3], rgba[..., 3]
     if (alpha < 128).any():
         return rgb, alpha >= 128
-    border = np.concatenate([rgb[:3].reshape(-1, 3), rgb[-3:].reshape(-1, 3), rgb[:, :3].reshape(-1, 3),
-                             rgb[:, -3:].reshape(-1, 3)])
-    return rgb, np.linalg.norm(rgb - np.median(border, axis=0), axis=-1) > BACKGROUND_DISTANCE
+    return rgb, np.linalg.norm(rgb - border_colour(rgb), axis=-1) > BACKGROUND_DISTANCE
 
 
 def describe(image: Image.Image) -> np.ndarray:
@@ -44,8 +57,7 @@ def describe(image: Image.Image) -> np.ndarray:
     hist = np.zeros(BINS**3)
     shape = np.zeros(SHAPE * SHAPE)
     if mask.sum() >= 4:
-        q = np.clip((rgb[mask] / 256 * BINS).astype(int), 0, BINS - 1)
-        hist = np.bincount((q[:, 0] * BINS + q[:, 1]) * BINS + q[:, 2], minlength=BINS**3) / mask.sum()
+        hist = colour_histogram(rgb[mask])
         ys, xs = np.nonzero(mask)
         box = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
         shape = np.asarray(Image.fromarray(box * 255).resize((SHAPE, SHAPE), Image.Resampling.BOX), np.float32).ravel() / 255
