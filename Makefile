@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: install browser run test bench
+.PHONY: install browser run test
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +34,3 @@ browser:
 
 test: install browser
 	$(PY) -m pytest -q --durations=15
-
-bench: install
-	$(PY) bench/run_all.py
