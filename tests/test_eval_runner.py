@@ -159,6 +159,22 @@ def test_scores_equal_independent_computation_and_rank_generators(single_bench, 
     assert s_good["fid"] == pytest.approx(metrics.fid_from_features(np.concatenate(gen_feats), real), rel=1e-6)
     assert s_good["items"][0]["dino"] == pytest.approx(dino[:2], abs=1e-6)
 
+    # chance levels: each item's images against every item of another subject (its references, its text)
+    unrelated_dino, unrelated_t = [], []
+    for item, g in zip(single_bench.items, gen_feats):
+        for other in single_bench.items:
+            if other.subjects != item.subjects:
+                r = enc.dino.features([load_rgb(other.references[0][0])]).numpy()[0]
+                t = enc.clip.text_embeds([other.text]).numpy()[0]
+                unrelated_dino += [float(g[k] @ r / np.linalg.norm(g[k]) / np.linalg.norm(r)) for k in range(2)]
+                unrelated_t += [float(g[k] @ t / np.linalg.norm(g[k])) for k in range(2)]
+    assert len(unrelated_dino) == 6 * 4 * 2  # 6 items x the 4 items of the 2 other subjects x 2 samples
+    assert s_good["dino_chance"] == pytest.approx(np.mean(unrelated_dino), abs=1e-6)
+    assert s_good["clip_i_chance"] == pytest.approx(np.mean(unrelated_dino), abs=1e-6)
+    assert s_good["clip_t_chance"] == pytest.approx(np.mean(unrelated_t), abs=1e-6)
+    assert s_good["dino"] > s_good["dino_chance"] + 0.15  # images of their subject: well above their chance
+    assert s_bad["dino"] < s_bad["dino_chance"] + 0.1  # another subject's colours: no better than chance
+
 
 def test_multi_subject_score_averages_over_subjects(tmp_path):
     root = make_bench(tmp_path / "bench")
@@ -204,11 +220,15 @@ def test_real_tiny_encoders_and_report_files(single_bench, tmp_path):
                                                                          s["fid"])
         line = next(ln for ln in report.markdown.splitlines() if ln.startswith(f"| {row['Run']} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[2:8] == [f"{s['subject_id']:.2f}", f"{1 / n_subjects:.2f}", f"{s['dino']:.3f}",
-                              f"{s['clip_i']:.3f}", f"{s['clip_t']:.3f}", f"{s['fid']:.2f}"]
+        assert cells[2:11] == [f"{s['subject_id']:.2f}", f"{1 / n_subjects:.2f}", f"{s['dino']:.3f}",
+                               f"{s['dino_chance']:.3f}", f"{s['clip_i']:.3f}", f"{s['clip_i_chance']:.3f}",
+                               f"{s['clip_t']:.3f}", f"{s['clip_t_chance']:.3f}", f"{s['fid']:.2f}"]
 
     cell = cfg.report.grid_cell
     assert len(report.grids) == 2 * min(cfg.report.max_grids, 6)
+    # grids show every subject before a second template of any (items come subject by subject)
+    shown = [next(it for it in single_bench.items if it.id == g.stem).subjects[0] for g in report.grids[:3]]
+    assert sorted(shown) == sorted(s.key for s in single_bench.subjects)
     for grid in report.grids:
         assert grid.exists() and Image.open(grid).size == ((1 + 2) * cell, cell)  # 1 reference | 2 samples
         assert f"]({grid.relative_to(tmp_path / 'report').as_posix()})" in report.markdown

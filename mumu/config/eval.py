@@ -68,7 +68,7 @@ class FidConfig(StrictModel):
 
 class ReportConfig(StrictModel):
     grid_cell: int = Field(128, ge=8)  # pixels per image in the report's grids
-    max_grids: int = Field(8, ge=0)  # grids per benchmark (first items in benchmark order)
+    max_grids: int = Field(8, ge=0)  # grids per benchmark (one per subject set first: report.grid_items)
 
 
 class EvalConfig(StrictModel):

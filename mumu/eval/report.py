@@ -1,8 +1,7 @@
 """The evaluation report: report.json, report.md (a UNIMO-G Tables 2–3 style table) and image grids.
 
-The table has one row per run × benchmark and columns Subject ID (with its chance level beside it), DINO,
-CLIP-I, CLIP-T, FID. `write_report`
-also returns the rows and the markdown so flows/evaluate.py can publish them as Prefect table and markdown
+The table has one row per run × benchmark and columns Subject ID, DINO, CLIP-I, CLIP-T — each with its chance
+level beside it (mumu/eval/runner.py) — and FID. `write_report` also returns the rows and the markdown so flows/evaluate.py can publish them as Prefect table and markdown
 artifacts without re-reading the files.
 """
 
@@ -17,7 +16,8 @@ from mumu.config.eval import ReportConfig
 from mumu.eval.benchmarks import _slug, load_rgb
 from mumu.io import atomic_path, write_json_atomic, write_text_atomic
 
-COLUMNS = ["Run", "Benchmark", "Subject ID", "Chance", "DINO", "CLIP-I", "CLIP-T", "FID", "Images"]
+COLUMNS = ["Run", "Benchmark", "Subject ID", "Chance", "DINO", "DINO chance", "CLIP-I", "CLIP-I chance", "CLIP-T",
+           "CLIP-T chance", "FID", "Images"]
 
 
 @dataclass
@@ -27,6 +27,18 @@ class Report:
     json_path: Path
     markdown_path: Path
     grids: list[Path] = field(default_factory=list)
+
+
+def grid_items(items: list[dict], n: int) -> list[dict]:
+    """The `n` items shown as grids: the first item of each distinct subject set first (benchmark order), so a
+    report shows as many subjects as it has grids, then the rest in order."""
+    seen: set[tuple] = set()
+    first, rest = [], []
+    for item in items:
+        key = tuple(item.get("subjects", [item["id"]]))
+        (rest if key in seen else first).append(item)
+        seen.add(key)
+    return (first + rest)[:n]
 
 
 def _fmt(value, digits: int) -> str:
@@ -60,10 +72,11 @@ def write_report(scores: list[dict], out_dir: str | Path, cfg: ReportConfig | No
     for s in scores:
         run_name = s.get("run", run)
         rows.append({"Run": run_name, "Benchmark": s["benchmark"], "Subject ID": s.get("subject_id"),
-                     "Chance": s.get("subject_id_chance"), "DINO": s["dino"], "CLIP-I": s["clip_i"],
-                     "CLIP-T": s["clip_t"], "FID": s["fid"], "Images": s["n_images"]})
+                     "Chance": s.get("subject_id_chance"), "DINO": s["dino"], "DINO chance": s.get("dino_chance"),
+                     "CLIP-I": s["clip_i"], "CLIP-I chance": s.get("clip_i_chance"), "CLIP-T": s["clip_t"],
+                     "CLIP-T chance": s.get("clip_t_chance"), "FID": s["fid"], "Images": s["n_images"]})
         lines = [f"### {run_name} · {s['benchmark']}" + (f" · {s['prompt_mode']} prompts" if s.get("prompt_mode") else ""), ""]
-        for item in s["items"][:cfg.max_grids]:
+        for item in grid_items(s["items"], cfg.max_grids):
             refs = [p for group in item["references"] for p in group]
             rel = Path("grids") / _slug(run_name) / s["benchmark"] / f"{item['id']}.png"
             with atomic_path(out_dir / rel) as tmp:
@@ -79,14 +92,17 @@ def write_report(scores: list[dict], out_dir: str | Path, cfg: ReportConfig | No
     fid_kinds = sorted({s["fid_features"] for s in scores})
     table = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        table.append(f"| {r['Run']} | {r['Benchmark']} | {_fmt(r['Subject ID'], 2)} | {_fmt(r['Chance'], 2)} | "
-                     f"{_fmt(r['DINO'], 3)} | {_fmt(r['CLIP-I'], 3)} | {_fmt(r['CLIP-T'], 3)} | {_fmt(r['FID'], 2)} | "
-                     f"{r['Images']} |")
+        cells = [r["Run"], r["Benchmark"], _fmt(r["Subject ID"], 2), _fmt(r["Chance"], 2),
+                 *(_fmt(r[c], 3) for c in COLUMNS[4:10]), _fmt(r["FID"], 2), str(r["Images"])]
+        table.append("| " + " | ".join(cells) + " |")
     markdown = "\n".join([
         "# Evaluation report", "",
         "Subject ID: share of generated images whose nearest subjects, among all of the benchmark's, are the ones "
         "the prompt referenced, on weight-free colour and silhouette statistics (mumu/eval/identify.py); Chance: "
         "what an image unrelated to its prompt would score (1 / subjects; k / subjects for k referenced). "
+        "Each \"chance\" column: the score beside it, of the same images against the prompts that share none of "
+        "their subjects — a score no higher than its chance says the images do not follow their prompts, or "
+        "(encoders with random weights, as the tiny profile's) that the score cannot tell. "
         "DINO / CLIP-I: mean cosine of generated images to their subjects' reference images (multi-subject: "
         "averaged over subjects). CLIP-T: cosine of generated image and prompt text (images replaced by subject "
         f"names). FID: Fréchet distance over **{', '.join(fid_kinds)}** features (not InceptionV3; "

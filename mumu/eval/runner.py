@@ -156,6 +156,17 @@ def _list_images(folder: Path, limit: int | None) -> list[str]:
     return paths[:limit]
 
 
+def unrelated_mean(items: list[BenchItem], item_rows: dict[str, list[int]],
+                   score_of: Callable[[list[int], BenchItem], np.ndarray]) -> float | None:
+    """A score's chance level: the mean of each item's generated images scored against every item that shares
+    none of its subjects, i.e. what the score gives images unrelated to their prompt. On encoders with random
+    weights (the tiny profile) it sits close to the score itself, which says the score carries no signal there.
+    None when no two items are disjoint."""
+    values = [score_of(item_rows[item.id], other)
+              for item in items for other in items if set(item.subjects).isdisjoint(other.subjects)]
+    return float(np.mean(np.concatenate(values))) if values else None
+
+
 def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> dict:
     """DINO, CLIP-I, CLIP-T, "FID" (see mumu.eval.metrics) and subject identification with its chance level
     (mumu.eval.identify) of a generated benchmark.
@@ -180,16 +191,26 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
     subject_feats = identify.subject_features([[load_rgb(p) for p in sub.images] for sub in bench.subjects])
     gen_desc = [identify.describe(load_rgb(f)) for f in gen_files]
 
+    def ref_rows(item: BenchItem) -> list[list[int]]:
+        return [[ref_index[p] for p in refs] for refs in item.references]
+
+    def dino_of(rows: list[int], item: BenchItem) -> np.ndarray:
+        return metrics.subject_similarity(gen_dino[rows], [ref_dino[r] for r in ref_rows(item)])
+
+    def clip_i_of(rows: list[int], item: BenchItem) -> np.ndarray:
+        return metrics.subject_similarity(gen_clip[rows], [ref_clip[r] for r in ref_rows(item)])
+
+    def clip_t_of(rows: list[int], item: BenchItem) -> np.ndarray:
+        return metrics.clip_t(gen_clip[rows], np.repeat(text_emb[[text_index[item.text]]], len(rows), axis=0))
+
     per_item = []
     dino_all, clip_i_all, clip_t_all, ident_all, chance_all = [], [], [], [], []
+    item_rows: dict[str, list[int]] = {}
     offset = 0
     for item in bench.items:
-        rows = list(range(offset, offset + len(generated[item.id])))
+        rows = item_rows[item.id] = list(range(offset, offset + len(generated[item.id])))
         offset += len(rows)
-        ref_rows = [[ref_index[p] for p in refs] for refs in item.references]
-        dino = metrics.subject_similarity(gen_dino[rows], [ref_dino[r] for r in ref_rows])
-        clip_i = metrics.subject_similarity(gen_clip[rows], [ref_clip[r] for r in ref_rows])
-        clip_t = metrics.clip_t(gen_clip[rows], np.repeat(text_emb[[text_index[item.text]]], len(rows), axis=0))
+        dino, clip_i, clip_t = dino_of(rows, item), clip_i_of(rows, item), clip_t_of(rows, item)
         referenced = [subject_keys.index(k) for k in item.subjects]
         ident = [identify.identify(gen_desc[r], subject_feats, referenced) for r in rows]
         dino_all += dino.tolist()
@@ -197,7 +218,8 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
         clip_t_all += clip_t.tolist()
         ident_all += ident
         chance_all += [identify.chance(len(referenced), len(subject_keys))] * len(rows)
-        per_item.append({"id": item.id, "text": item.text, "prompt": item.prompt_string(), "names": item.names,
+        per_item.append({"id": item.id, "text": item.text, "prompt": item.prompt_string(), "subjects": item.subjects,
+                         "names": item.names,
                          "references": item.references, "images": [str(out_dir / p) for p in generated[item.id]],
                          "dino": dino.tolist(), "clip_i": clip_i.tolist(), "clip_t": clip_t.tolist(),
                          "subject_id": ident})
@@ -221,6 +243,9 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
         "dino": float(np.mean(dino_all)), "clip_i": float(np.mean(clip_i_all)), "clip_t": float(np.mean(clip_t_all)),
         "subject_id": float(np.mean(ident_all)), "subject_id_chance": float(np.mean(chance_all)),
         "n_subjects": len(subject_keys),
+        "dino_chance": unrelated_mean(bench.items, item_rows, dino_of),
+        "clip_i_chance": unrelated_mean(bench.items, item_rows, clip_i_of),
+        "clip_t_chance": unrelated_mean(bench.items, item_rows, clip_t_of),
         "fid": fid, "fid_features": cfg.fid.features, "fid_note": fid_note, "items": per_item,
     }
 
