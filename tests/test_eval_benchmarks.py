@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 
 from mumu.config import load_profile
 from mumu.config.eval import BenchmarkConfig
+from mumu.data.scenes import PLAIN
 from mumu.errors import UserError
 from mumu.eval.benchmarks import EMOJI_DIR, ImageRef, build_benchmarks, chunk
 
@@ -113,9 +115,20 @@ def test_bundled_toy_benchmark_reads_the_emoji_samples():
     assert [s.name for s in single.subjects] == [names[f] for f in first_files]
     assert all(Path(p).is_relative_to(EMOJI_DIR) for s in single.subjects for p in s.images)
     assert len(single.items) == 4 * 2
-    assert single.items[0].text == f"a {names[first_files[0]]} in the jungle"
+    assert single.items[0].text == f"a {names[first_files[0]]} on a white background"
     assert len(multi.items) == 2 * 2 + 2 * 2  # sizes 2 and 3: 2 combinations x 2 templates each
     assert math.comb(4, 3) == 4 and len({i.id for i in multi.items}) == len(multi.items)
+
+
+def test_toy_templates_speak_the_toy_scenes_words():
+    """The toy model learns from rendered scenes; its benchmark asks only for backgrounds those scenes show."""
+    toy = json.loads((EMOJI_DIR / "prompts.json").read_text())
+    vocabulary = set((REPO / "mumu/resources/words.txt").read_text().split())  # the tiny encoder's words
+    for template in toy["single"] + toy["multi"]:
+        match = re.search(r" on an? (\w+) background$", template)
+        assert match and match.group(1) in PLAIN, template
+        assert set(re.sub(r"\{\d?\}|,", " ", template).split()) <= vocabulary, template
+    assert {t.count("{") for t in toy["multi"]} == {2, 3}
 
 
 def test_prompts_take_the_tune_stage_prompt_mode(tmp_path):

@@ -14,7 +14,8 @@ prompts.json::
 
 A subject's *name* (used in place of its image in the CLIP-T text) is `names[<subject>]`, else the
 folder name with "_" read as a space. The bundled toy benchmark (root = None) takes its subjects
-from mumu/samples/emoji: each emoji file is one subject, named by `names.json`.
+from mumu/samples/emoji: each emoji file is one subject, named by `names.json`, and its templates from
+`prompts.json` there: the plain and gradient backgrounds of the toy training scenes (mumu/data/scenes.py).
 
 Items:
 - single: every image of every subject × every single template (KOSMOS-G's DreamBench loop). Where the
@@ -287,7 +288,9 @@ def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[
 
     dream_templates, protocol_samples = None, None
     if cfg.root is None:
-        prefix, subjects, prompts = "toy", emoji_subjects(emoji_dir), load_prompts(None)
+        # The toy world's own words (the backgrounds its training scenes show, mumu/data/scenes.py): the toy
+        # model never saw "jungle" or "snow", so DreamBench's templates would test words it cannot know.
+        prefix, subjects, prompts = "toy", emoji_subjects(emoji_dir), load_prompts(emoji_dir / "prompts.json")
     elif (dataset := dreambench.find_dataset(Path(cfg.root))) is not None:
         prefix, prompts = _slug(Path(cfg.root).name), load_prompts(None)
         subjects, dream_templates = dreambench.load(dataset, IMAGE_SUFFIXES)
