@@ -171,3 +171,16 @@ def test_emoji_scenes_compose_to_ground_truth_exactly(seed, overlap):
 def test_build_prompts_without_entities_is_the_caption():
     mumu, unimo = build_prompts("just words", [], {})
     assert mumu == unimo == [TextSegment(text="just words")]
+
+
+def test_shrink_with_count_keeps_a_scene_of_three_about_as_full_as_a_scene_of_one():
+    scale = (0.5, 0.7)
+    for n in (1, 2, 3):
+        for seed in range(4):
+            scene = render_scene(EMOJI, seed, size=128, n_objects=n, scale=scale, shrink_with_count=True)
+            sides = [o.paste[2] for o in scene.objects]
+            assert len(sides) == n
+            assert all(int(128 * scale[0] / n**0.5) <= s <= int(128 * scale[1] / n**0.5) for s in sides), (n, sides)
+    # the default keeps the old draw: every emoji of a scene of three at the full scale
+    plain = render_scene(EMOJI, 0, size=256, n_objects=3, scale=(0.3, 0.4))
+    assert all(int(256 * 0.3) <= o.paste[2] <= int(256 * 0.4) for o in plain.objects)

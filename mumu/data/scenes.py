@@ -90,14 +90,18 @@ def render_scene(
     overlap: bool = False,
     alpha_threshold: int = 127,
     scale: tuple[float, float] = (0.3, 0.5),
+    shrink_with_count: bool = False,
 ) -> Scene:
-    """One scene, fully determined by (emoji set, seed, options)."""
+    """One scene, fully determined by (emoji set, seed, options). `shrink_with_count` divides the emoji side
+    by sqrt(number of emoji), so a scene of three holds about the object area of a scene of one."""
     emoji_dir = Path(emoji_dir)
     names = names or load_emoji_names(emoji_dir)
     rng = random.Random(seed)
     n = n_objects or rng.randint(1, 3)
     files = rng.sample(sorted(names), n)
     canvas, bg_text = _background(rng, size)
+    if shrink_with_count:
+        scale = (scale[0] / n**0.5, scale[1] / n**0.5)
     for _attempt in range(200):
         pastes = []
         for _ in files:
@@ -160,7 +164,8 @@ def rle_to_mask(rle: dict) -> np.ndarray:
 
 
 def render_set(emoji_dir: str | Path, out: str | Path, n: int, seed: int, size: int, uncaptioned: int,
-               subjects: int | None = None, max_objects: int = 3, scale: tuple[float, float] = (0.3, 0.5)) -> None:
+               subjects: int | None = None, max_objects: int = 3, scale: tuple[float, float] = (0.3, 0.5),
+               shrink_with_count: bool = False) -> None:
     """Write `n` scenes as scene_XXX.png + captions.jsonl and annotations.jsonl for all but the last
     `uncaptioned`: those are raw inputs, captioned by the VLM and searched by the detector and segmenter."""
     out = Path(out)
@@ -170,7 +175,8 @@ def render_set(emoji_dir: str | Path, out: str | Path, n: int, seed: int, size: 
     names = {f: names[f] for f in sorted(names)[:subjects]}  # the first `subjects` emoji (all by default)
     for i in range(n):
         n_objects = None if max_objects == 3 else random.Random(seed * 100_003 + i).randint(1, max_objects)
-        scene = render_scene(emoji_dir, seed * 100_003 + i, size=size, names=names, n_objects=n_objects, scale=scale)
+        scene = render_scene(emoji_dir, seed * 100_003 + i, size=size, names=names, n_objects=n_objects, scale=scale,
+                             shrink_with_count=shrink_with_count)
         file = f"scene_{i:03d}.png"
         scene.image.save(out / file, format="PNG", optimize=True)
         if i >= n - uncaptioned:
@@ -211,8 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subjects", type=int, default=None, help="draw from the first N emoji only (default: all)")
     ap.add_argument("--max-objects", type=int, default=3, choices=(1, 2, 3), help="emoji per scene: 1 to this")
     ap.add_argument("--scale", type=float, nargs=2, default=(0.3, 0.5), help="emoji side as a share of the scene's")
+    ap.add_argument("--shrink-with-count", action="store_true", help="divide the emoji side by sqrt(emoji in the scene)")
     a = ap.parse_args(argv)
-    render_set(a.emoji, a.out, a.n, a.seed, a.size, a.uncaptioned, a.subjects, a.max_objects, tuple(a.scale))
+    render_set(a.emoji, a.out, a.n, a.seed, a.size, a.uncaptioned, a.subjects, a.max_objects, tuple(a.scale),
+               a.shrink_with_count)
 
 
 if __name__ == "__main__":
