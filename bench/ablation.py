@@ -52,6 +52,8 @@ def parse_args(argv=None):
                     "(as the default run's mumu/samples/train)")
     ap.add_argument("--heldout", type=int, default=8, help="subjects never in training scenes")
     ap.add_argument("--seen", type=int, default=8, help="training subjects with new eval prompts")
+    ap.add_argument("--train-subjects", type=int, default=None,
+                    help="train on this many of the subjects not held out (default: all of them)")
     ap.add_argument("--samples", type=int, default=None, help="images per prompt (default eval.samples_per_prompt)")
     ap.add_argument("--sample-steps", type=int, default=None, help="denoising steps (default eval.sampler.steps)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
@@ -207,7 +209,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     emoji = SAMPLES_DIR.parent / "emoji"
     profile = load_profile(args.profile)
-    train_subjects, heldout = D.split_subjects(emoji, args.heldout, seed=0)
+    train_subjects, heldout = D.split_subjects(emoji, args.heldout, seed=0, n_train=args.train_subjects)
     prompts = D.eval_prompts(train_subjects, heldout, args.seen, seed=0)
     t0 = time.perf_counter()
     data = D.build_shards(emoji, train_subjects, out / "data", args.scenes, args.scene_size, 0, profile,
@@ -244,6 +246,7 @@ def main(argv=None) -> dict:
     table = format_table(per_seed, reference)
     budget = {"steps_pretrain": args.steps_pretrain, "steps_tune": args.steps_tune, "seeds": args.seeds,
               "batch_size": profile.train.pretrain.batch_size, "scenes": data["written"],
+              "train_subjects": len(train_subjects), "heldout_subjects": len(heldout), "max_objects": args.max_objects,
               "identification_chance": 1 / len(subjects), "vae": profile.model.decoder.vae.pretrained,
               "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
               "eval_seconds": round(eval_seconds, 1), "total_seconds": round(time.perf_counter() - t_all, 1),

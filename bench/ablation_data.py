@@ -47,14 +47,19 @@ class EvalPrompt:
         return f"{article(self.name)} <image> {self.name} on {article(self.colour)} {self.colour} background"
 
 
-def split_subjects(emoji_dir: Path, n_heldout: int, seed: int) -> tuple[dict[str, str], dict[str, str]]:
-    """(training subjects, held-out subjects) as {file: name}, a seeded split of names.json."""
+def split_subjects(emoji_dir: Path, n_heldout: int, seed: int,
+                   n_train: int | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """(training subjects, held-out subjects) as {file: name}, a seeded split of names.json; `n_train` keeps
+    that many of the rest for training (all by default): fewer subjects are seen more often in a budget."""
     names = load_emoji_names(emoji_dir)
     files = sorted(names)
-    if n_heldout >= len(files):
-        raise ValueError(f"cannot hold out {n_heldout} of {len(files)} subjects")
-    held = set(random.Random(seed).sample(files, n_heldout))
-    return ({f: names[f] for f in files if f not in held}, {f: names[f] for f in files if f in held})
+    if n_heldout + (n_train or 1) > len(files):
+        raise ValueError(f"cannot hold out {n_heldout} and train on {n_train} of {len(files)} subjects")
+    rng = random.Random(seed)
+    held = set(rng.sample(files, n_heldout))
+    rest = [f for f in files if f not in held]
+    train = set(rng.sample(rest, n_train)) if n_train else set(rest)
+    return ({f: names[f] for f in files if f in train}, {f: names[f] for f in files if f in held})
 
 
 def eval_prompts(train: dict[str, str], heldout: dict[str, str], n_seen: int, seed: int) -> list[EvalPrompt]:
