@@ -54,7 +54,8 @@ def sample_members(composed: Composed, cfg: WriteConfig) -> dict[str, bytes]:
     members = {"json": dumps_canonical(composed.record.model_dump(mode="json")).encode("utf-8")}
     for name, im in composed.images.items():
         fmt = name.rsplit(".", 1)[-1]
-        members[name] = encode_image(im, fmt, cfg.jpeg_quality, cfg.png_compress_level)
+        stored = composed.encoded.get(name)
+        members[name] = stored if stored is not None else encode_image(im, fmt, cfg.jpeg_quality, cfg.png_compress_level)
     return members
 
 

@@ -30,7 +30,7 @@ from mumu.config.data import ComposeConfig, DataConfig, EntitiesConfig, IngestCo
 from mumu.data import entities as _entities
 from mumu.data.compose import compose_sample, int_box
 from mumu.data.contracts import CaptionModel, DetectionModel, SegmentationModel
-from mumu.data.decode import BadInput, decode_image
+from mumu.data.decode import BadInput, decode_input
 from mumu.data.entities import same_phrase
 from mumu.data.ingest import plan_shards, read_refs
 from mumu.data.scenes import rle_to_mask
@@ -114,14 +114,14 @@ def ingest(shard: InputShard, cfg: IngestConfig) -> ShardWork:
     for ref, data, given, error in read_refs(shard.refs, cfg.max_file_bytes):
         if error is None:
             try:
-                image = decode_image(data, cfg)
+                decoded = decode_input(data, cfg)
             except BadInput as exc:
                 error = exc.reason
         if error is not None:
             bad.append(work.reject(ref.source, "ingest", error))
             continue
-        items.append(Item(key=ref.key, source=ref.source, image=image, caption=given, caption_source="given",
-                          given=ref.given))
+        items.append(Item(key=ref.key, source=ref.source, image=decoded.image, image_png=decoded.png, caption=given,
+                          caption_source="given", given=ref.given))
     given_n = sum(1 for it in items if it.caption)
     annotated = sum(1 for it in items if it.given is not None)
     return work.next(items, bad, {"inputs": len(shard.refs), "decoded": len(items), "captions_given": given_n,
@@ -272,6 +272,7 @@ def compose(work: ShardWork, cfg: ComposeConfig) -> ShardWork:
                 key=it.key,
                 source=it.source,
                 image=it.image,
+                image_png=it.image_png,
                 caption=it.caption,
                 caption_source=it.caption_source,
                 entities=list(it.entities),
@@ -292,7 +293,8 @@ def _with_image_format(composed: Composed, fmt: str) -> Composed:
     if old == new:
         return composed
     images = {(new if k == old else k): v for k, v in composed.images.items()}
-    return Composed(record=composed.record.model_copy(update={"image": new}), images=images)
+    encoded = {k: v for k, v in composed.encoded.items() if k != old}  # PNG bytes, not the format asked for
+    return Composed(record=composed.record.model_copy(update={"image": new}), images=images, encoded=encoded)
 
 
 def write(work: ShardWork, out_dir: str | Path, cfg: DataConfig) -> ShardReport:
