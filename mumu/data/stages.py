@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ __all__ = [
     "write",
     "shard_done",
     "write_manifest",
+    "compose_shard",
     "run_shard",
     "run_shards",
     "run_local",
@@ -318,38 +320,59 @@ def write(work: ShardWork, out_dir: str | Path, cfg: DataConfig) -> ShardReport:
     )
 
 
-def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
-              segmenter: SegmentationModel) -> ShardReport:
-    """All stages of one shard in order (what the flow does per shard, without Prefect)."""
+def compose_shard(shard: InputShard, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
+                  segmenter: SegmentationModel) -> ShardWork:
+    """Every stage of one shard up to `write`."""
     work = ingest(shard, cfg.ingest)
     work = caption(work, captioner)
     work = find_entities(work, cfg.entities)
     work = detect(work, detector)
     work = segment(work, segmenter)
-    work = compose(work, cfg.compose)
-    return write(work, out_dir, cfg)
+    return compose(work, cfg.compose)
+
+
+def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
+              segmenter: SegmentationModel) -> ShardReport:
+    """All stages of one shard in order (what the flow does per shard, without Prefect)."""
+    return write(compose_shard(shard, cfg, captioner, detector, segmenter), out_dir, cfg)
 
 
 def run_shards(shards: Sequence[InputShard], out_dir, cfg: DataConfig, captioner: CaptionModel | None,
-               detector: DetectionModel, segmenter: SegmentationModel, ran: list[int] | None = None) -> list[ShardReport]:
+               detector: DetectionModel, segmenter: SegmentationModel, ran: list[int] | None = None,
+               write_behind: bool = False) -> list[ShardReport]:
     """`run_shard` on each shard whose report does not exist yet (what one task run of the flow does: a retried
-    run redoes only its unfinished shards); the index of each shard run now is appended to `ran`."""
-    reports = []
-    for shard in shards:
-        report = shard_done(out_dir, shard.index, shard, hash_config(cfg))
-        if report is None:
-            report = run_shard(shard, out_dir, cfg, captioner, detector, segmenter)
-            if ran is not None:
-                ran.append(shard.index)
-        reports.append(report)
-    return reports
+    run redoes only its unfinished shards); the index of each shard run now is appended to `ran`.
+
+    write_behind: each shard is written (PNG encoding, tar, fsync, sha256) on a second thread while the next one
+    goes through the stages before it, so a core the single-threaded models leave idle can take the writing.
+    A shard's write must finish before the next shard is handed over: its error surfaces there, and no more
+    than two shards' images are held. Whatever ends the run, a write in progress finishes first (leaving its
+    report, or nothing) before the error propagates, so a retry never races it for the same files."""
+    reports: list[ShardReport | Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-shard") as writer:
+        pending: Future | None = None
+        for shard in shards:
+            report = shard_done(out_dir, shard.index, shard, hash_config(cfg))
+            if report is None:
+                work = compose_shard(shard, cfg, captioner, detector, segmenter)
+                if ran is not None:
+                    ran.append(shard.index)
+                if write_behind:
+                    if pending is not None:
+                        pending.result()
+                    report = pending = writer.submit(write, work, out_dir, cfg)
+                else:
+                    report = write(work, out_dir, cfg)
+            reports.append(report)
+    return [r.result() if isinstance(r, Future) else r for r in reports]
 
 
 def run_local(
     input_path, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
-    segmenter: SegmentationModel, config_hash: str
+    segmenter: SegmentationModel, config_hash: str, write_behind: bool = False
 ) -> tuple[Manifest, list[int]]:
     """Plan, run every unfinished shard sequentially, write the manifest → (manifest, shards run now)."""
     ran: list[int] = []
-    reports = run_shards(plan_shards(input_path, cfg.ingest), out_dir, cfg, captioner, detector, segmenter, ran)
+    reports = run_shards(plan_shards(input_path, cfg.ingest), out_dir, cfg, captioner, detector, segmenter, ran,
+                         write_behind)
     return write_manifest(out_dir, reports, config_hash), ran
