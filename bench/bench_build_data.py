@@ -3,14 +3,20 @@
     python bench/bench_build_data.py [--images 192] [--images-per-shard N] [--repeats 2]
 
 Prints images/s of the bare model calls (captioner on the uncaptioned images, detector on all, segmenter on the
-boxes; per shard, as the flow calls them), of the stage functions without Prefect (PNG at zlib level 6 and 1), and
-of the flow in four forms, each lever on its own (all warm: API started, models in the task cache):
+boxes; per shard, as the flow calls them), of the stage functions without Prefect, and of the flow in several
+forms, each lever on its own (all warm: API started, models in the task cache):
+  stages-png6    the stage functions in one thread (stages.run_local), PNGs at Pillow's default zlib level 6
+  stages         the same at the profile's level (1 in tiny)
+  stages+wb      stages, each shard written on a second thread while the next goes through the models
+                 (runtime.write_behind)
   per-stage      the build-shards subflow as it was: one task run per stage and shard (7 per shard)
   per-shard      one build-shard-group run per shard (runtime.shards_per_task=1)
-  grouped        the profile's runtime.shards_per_task shards per run (at least as many runs as run at once)
-  grouped+png1   grouped, PNGs at zlib level 1 (data.write.png_compress_level)
-Repeats are interleaved and the best of each is kept (other processes share the machine). Then shard-write
-MB/s against a raw tarfile write of the same member bytes, and peak RSS.
+  grouped-png6   the profile's runtime.shards_per_task shards per run (at least as many runs as run at once), PNG level 6
+  grouped        the same at the profile's PNG level
+  grouped+wb     grouped, with runtime.write_behind
+Every variant sets runtime.write_behind itself (off unless "+wb"), whatever the profile says. Repeats are
+interleaved and the best of each is kept (other processes share the machine). Then shard-write MB/s against a
+raw tarfile write of the same member bytes, and peak RSS.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ def load_models(cfg):
 def stages_seconds(inputs: Path, out: Path, cfg, models) -> float:
     """Every stage as plain function calls (mumu.data.stages.run_local), no Prefect: the data code's own cost."""
     start = time.perf_counter()
-    stages.run_local(inputs, out, cfg.data, *models, "bench")
+    stages.run_local(inputs, out, cfg.data, *models, "bench", cfg.runtime.write_behind)
     return time.perf_counter() - start
 
 
@@ -197,13 +203,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     base = {"data.ingest.images_per_shard": args.images_per_shard} if args.images_per_shard else {}
+    base["runtime.write_behind"] = False
     cfg = load_profile("tiny", base)
     torch.set_num_threads(args.threads)
+    png6 = {**base, "data.write.png_compress_level": 6}
+    behind = {**base, "runtime.write_behind": True}
+    plain = {"stages-png6": load_profile("tiny", png6), "stages": cfg, "stages+wb": load_profile("tiny", behind)}
     variants = {
         "per-stage": (base, per_stage_flow()),
         "per-shard": ({**base, "runtime.shards_per_task": 1}, None),
+        "grouped-png6": (png6, None),
         "grouped": (base, None),
-        "grouped+png1": ({**base, "data.write.png_compress_level": 1}, None),
+        "grouped+wb": (behind, None),
     }
     best: dict[str, float] = {}
     n = args.images
@@ -215,17 +226,16 @@ def main() -> None:
         for overrides, per_stage in variants.values():  # warm: API, models, each flow's first run
             flow_seconds(tmp / "warm-in", tmp / f"warm-{len(list(tmp.iterdir()))}", overrides, per_stage)
         for r in range(args.repeats):
-            runs = {"bare": lambda: bare_model_seconds(tmp / "in", cfg, models),
-                    "stages": lambda: stages_seconds(tmp / "in", tmp / f"plain-{r}", cfg, models),
-                    "stages+png1": lambda: stages_seconds(tmp / "in", tmp / f"plain1-{r}",
-                                                          load_profile("tiny", variants["grouped+png1"][0]), models)}
+            runs = {"bare": lambda: bare_model_seconds(tmp / "in", cfg, models)}
+            for name, c in plain.items():
+                runs[name] = lambda c=c, nm=name: stages_seconds(tmp / "in", tmp / f"{nm}-{r}", c, models)
             for name, (overrides, per_stage) in variants.items():
                 runs[name] = lambda o=overrides, p=per_stage, nm=name: flow_seconds(tmp / "in", tmp / f"{nm}-{r}", o, p)
             for name, run in runs.items():
                 best[name] = min(best.get(name, float("inf")), run())
             # The flow's fixed cost: a re-run with every shard finished (its flow runs, plan, manifest, artifact,
             # event).
-            fixed = flow_seconds(tmp / "in", tmp / f"grouped+png1-{r}", variants["grouped+png1"][0])
+            fixed = flow_seconds(tmp / "in", tmp / f"grouped-{r}", variants["grouped"][0])
             best["fixed"] = min(best.get("fixed", float("inf")), fixed)
         ours, tar_only, raw = write_rates(tmp / "in", tmp / "write", cfg)
     per_shard = cfg.data.ingest.images_per_shard
@@ -234,9 +244,10 @@ def main() -> None:
     for name, seconds in best.items():
         ratio = best["bare"] / seconds
         print(f"  {name:14s} {n / seconds:8.2f} images/s ({seconds:.2f} s)  {ratio:.2f}x the bare model calls")
-    flowed = best["grouped+png1"]
-    print(f"ratio flow/bare throughput: {best['bare'] / flowed:.2f}x (grouped+png1; target >= 0.8); the flow's fixed "
-          f"cost {fixed:.2f} s (all shards done), without it {best['bare'] / (flowed - fixed):.2f}x")
+    for name in ("grouped", "grouped+wb"):
+        flowed = best[name]
+        print(f"ratio flow/bare throughput: {best['bare'] / flowed:.2f}x ({name}; target >= 0.8); without the flow's "
+              f"fixed cost {fixed:.2f} s (all shards done) {best['bare'] / (flowed - fixed):.2f}x")
     print(f"shard write: {ours:.1f} MB/s including PNG encoding; {tar_only:.1f} MB/s without it, vs a raw "
           f"tarfile write of the same bytes {raw:.1f} MB/s (ratio {tar_only / raw:.2f})")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

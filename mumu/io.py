@@ -54,6 +54,12 @@ def dumps_canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
+def dumps_compact(obj: Any) -> str:
+    """Canonical JSON without indentation: json's C encoder serves only `indent=None`, ~5x faster on the sample
+    records written per image than the pure-Python one `dumps_canonical` gets."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, dumps_canonical(obj))
 

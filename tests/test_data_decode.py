@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mumu.config.data import IngestConfig
-from mumu.data.decode import BadInput, decode_image
+from mumu.data.decode import BadInput, decode_image, decode_input
 
 CFG = IngestConfig(min_side=8, max_side=64, max_image_pixels=1_000_000)
 
@@ -109,3 +109,58 @@ def test_32bit_and_float_modes_are_scaled_not_clipped():
     assert decode_image(encode(Image.fromarray(small, mode="I"), "TIFF"), CFG).getpixel((3, 3)) == (200, 200, 200)
     f = np.full((10, 10), 0.5, np.float32)  # "F" in [0, 1]: scaled to [0, 255]
     assert decode_image(encode(Image.fromarray(f, mode="F"), "TIFF"), CFG).getpixel((3, 3)) == (128, 128, 128)
+
+
+def rgb_pixels(w: int = 20, h: int = 16) -> Image.Image:
+    y, x = np.indices((h, w))
+    return Image.fromarray(np.stack([x * 9, y * 11, (x + y) * 5], -1).astype(np.uint8), "RGB")
+
+
+def test_an_8bit_rgb_png_is_kept_as_is_without_its_text_chunks():
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", "a camera")
+    image = rgb_pixels()
+    data = encode(image, pnginfo=info, dpi=(72, 72))
+    decoded = decode_input(data, CFG)
+    assert decoded.png is not None and b"tEXt" not in decoded.png and b"pHYs" not in decoded.png
+    assert decoded.png.startswith(data[:33])  # signature and IHDR copied byte for byte
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(decoded.png))), np.asarray(decoded.image))
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(image))
+
+
+@pytest.mark.parametrize("case", ["jpeg", "rgba", "16bit", "trns", "palette", "grey", "downscaled", "oriented", "icc"])
+def test_inputs_whose_pixels_the_decoder_changes_or_might_read_differently_are_re_encoded(case):
+    image = rgb_pixels()
+    data = {
+        "jpeg": lambda: encode(image, "JPEG"),
+        "rgba": lambda: encode(image.convert("RGBA")),
+        "16bit": lambda: rgb48_png(np.asarray(image).astype(">u2") * 257),
+        "trns": lambda: encode(image, transparency=(0, 0, 0)),
+        "palette": lambda: encode(image.convert("P")),
+        "grey": lambda: encode(image.convert("L")),
+        "downscaled": lambda: encode(rgb_pixels(100, 80)),
+        "oriented": lambda: encode(image, exif=_orientation(6)),
+        "icc": lambda: encode(image, icc_profile=b"\0" * 128),
+    }[case]()
+    decoded = decode_input(data, CFG)
+    assert decoded.png is None
+    assert decoded.image.mode == "RGB"
+
+
+def rgb48_png(pixels: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow writes none; it reads one as 8-bit "RGB")."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    h, w, _ = pixels.shape
+    rows = b"".join(b"\0" + row.tobytes() for row in pixels)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()

@@ -19,6 +19,7 @@ from PIL import Image
 
 from mumu.config import load_profile
 from mumu.data import stages
+from mumu.data.decode import decode_input
 from mumu.data.oracle import GroundTruth, image_id
 from mumu.data.reader import read_shard
 from mumu.data.scenes import render_scene
@@ -192,6 +193,22 @@ def test_samples_reference_existing_members_and_crops_match_source(inputs, tmp_p
             if rec["source"] == "odd/rotated.jpg":  # 64x40 with EXIF "rotate 90": stored upright
                 assert (rec["width"], rec["height"]) == (40, 64)
     assert {f"scenes/scene_{i}.png" for i in range(9)} | {"odd/rotated.jpg", "odd/cmyk.jpg"} <= sources
+
+
+def test_target_images_hold_the_decoded_pixels_and_rgb_pngs_are_stored_as_they_came(inputs, tmp_path):
+    root, *_ = inputs
+    manifest, _ = run(inputs, tmp_path)
+    stored_as_is = 0
+    for r in manifest.shards:
+        for s in read_shard(tmp_path / r.name):
+            data = (root / s.record["source"]).read_bytes()
+            decoded = decode_input(data, CFG.ingest)
+            assert np.array_equal(np.asarray(s.image), np.asarray(decoded.image)), s.record["source"]
+            target = s.members[s.record["image"]]
+            if decoded.png is not None:  # the rendered scenes: 8-bit RGB PNGs within max_side
+                assert target == decoded.png and target.startswith(data[:33])
+                stored_as_is += 1
+    assert stored_as_is >= 9
 
 
 def test_rerun_is_idempotent_and_byte_identical(inputs, tmp_path):

@@ -53,6 +53,39 @@ def test_a_group_redoes_only_its_unfinished_shards_with_the_same_bytes(tmp_path)
     assert {p.name: p.read_bytes() for p in part.iterdir()} == {p.name: p.read_bytes() for p in whole.iterdir()}
 
 
+def test_writing_behind_gives_the_same_bytes_and_a_failed_write_stops_the_run_after_its_finished_shards(
+        tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    oracle = write_scene_folder(src, range(300, 308))
+    cfg = load_profile("tiny", {"data.ingest.images_per_shard": 2}).data
+    shards = stages.plan_shards(src, cfg.ingest)
+    inline, behind = tmp_path / "inline", tmp_path / "behind"
+    stages.run_shards(shards, inline, cfg, None, oracle, oracle)
+    ran = []
+    reports = stages.run_shards(shards, behind, cfg, None, oracle, oracle, ran, write_behind=True)
+    assert ran == [0, 1, 2, 3] and [r.shard for r in reports] == [0, 1, 2, 3]
+    assert {p.name: p.read_bytes() for p in behind.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
+
+    real_write = stages.write
+
+    def disk_full_on_shard_1(work, out_dir, cfg):
+        if work.shard == 1:
+            raise OSError(28, "No space left on device")
+        return real_write(work, out_dir, cfg)
+
+    monkeypatch.setattr(stages, "write", disk_full_on_shard_1)
+    failed = tmp_path / "failed"
+    with pytest.raises(OSError, match="No space"):
+        stages.run_shards(shards, failed, cfg, None, oracle, oracle, write_behind=True)
+    # The error surfaces before shard 2 is handed to the writer; shard 0 finished, nothing else did.
+    assert sorted(p.name for p in failed.glob("*.report.json")) == ["shard-00000.report.json"]
+    monkeypatch.setattr(stages, "write", real_write)
+    ran = []
+    stages.run_shards(shards, failed, cfg, None, oracle, oracle, ran, write_behind=True)
+    assert ran == [1, 2, 3]
+    assert {p.name: p.read_bytes() for p in failed.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_every_png_level_decodes_to_the_same_pixels(mode):
     rng = np.random.default_rng(0)

@@ -87,6 +87,8 @@ class WriteConfig(StrictModel):
     jpeg_quality: int = Field(95, ge=1, le=100)  # Pillow's JPEG quality scale
     # zlib level of every PNG written (lossless at any level): 1 encodes ~1.8x faster than Pillow's default 6 for
     # ~25 % more bytes (bench/bench_build_data.py). PNG encoding was a third of the tiny data stage's own time.
+    # A target image whose input already is a PNG of exactly its pixels is stored as that input (its IHDR, IDAT
+    # and IEND chunks, mumu/data/decode.py png_as_is), at the input's own compression.
     png_compress_level: int = Field(6, ge=0, le=9)
 
 

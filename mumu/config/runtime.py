@@ -33,6 +33,10 @@ class RuntimeConfig(StrictModel):
     # ~50 ms per task run, as much as the tiny models spend on a shard; a retried run redoes only its shards that
     # have no report yet. The runs are at least as many as the task runner runs at once (flows/runners.py).
     shards_per_task: int = Field(8, ge=1)
+    # Within a data task run, write each shard (PNG encoding, tar, fsync) on a second thread while the next shard
+    # goes through the models (mumu/data/stages.py run_shards). Pays only where a core is idle beside the
+    # single-threaded models (bench/bench_build_data.py).
+    write_behind: bool = False
     task_retries: int = Field(2, ge=0)
     task_retry_delay_seconds: float = Field(1.0, ge=0.0)
 

@@ -112,13 +112,15 @@ def compose_sample(
     source: str,
     image: Image.Image,
     caption: str,
+    image_png: bytes | None = None,
     caption_source: str,
     entities: list[Entity],
     masks: np.ndarray | None,
     cfg: ComposeConfig,
     image_ext: str = "png",
 ) -> tuple[Composed, Counter]:
-    """One sample's record and member images. Entities must carry integer boxes; masks [n, H, W] bool."""
+    """One sample's record and member images. Entities must carry integer boxes; masks [n, H, W] bool.
+    `image_png`: the PNG bytes of exactly `image`, stored as the target instead of encoding it again."""
     w, h = image.size
     counts: Counter = Counter()
     if entities and (masks is None or masks.shape != (len(entities), h, w)):
@@ -163,4 +165,5 @@ def compose_sample(
         prompt_mumu=mumu,
         prompt_unimo=unimo,
     )
-    return Composed(record=record, images=images), counts
+    encoded = {f"image.{image_ext}": image_png} if image_png is not None and image_ext == "png" else {}
+    return Composed(record=record, images=images, encoded=encoded), counts

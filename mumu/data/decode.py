@@ -11,9 +11,11 @@ size of the file → header (format + dimensions, without decoding pixels) → p
 from __future__ import annotations
 
 import io
+import struct
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from mumu.config.data import IngestConfig
 
@@ -84,8 +86,21 @@ def fit_max_side(im: Image.Image, max_side: int) -> Image.Image:
     return im.resize(size, Image.Resampling.LANCZOS)
 
 
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image  # RGB, within the configured limits
+    # The input itself as a PNG of exactly `image`'s pixels, when it is one (see `png_as_is`): written as the
+    # sample's target without decoding and re-encoding the same pixels.
+    png: bytes | None = None
+
+
 def decode_image(data: bytes, cfg: IngestConfig) -> Image.Image:
     """Decode `data` to an RGB image within the configured limits, or raise BadInput."""
+    return decode_input(data, cfg).image
+
+
+def decode_input(data: bytes, cfg: IngestConfig) -> Decoded:
+    """`decode_image`, plus the input's PNG bytes when they already hold exactly the decoded pixels."""
     if len(data) == 0:
         raise BadInput("empty file (0 bytes)")
     if len(data) < cfg.min_file_bytes:
@@ -109,6 +124,8 @@ def decode_image(data: bytes, cfg: IngestConfig) -> Image.Image:
         im.verify()  # structure and checksums; leaves `im` unusable, so reopen
         im = _open(data)
         im.load()
+        file_format = im.format
+        oriented = im.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9)  # what exif_transpose turns
         im = ImageOps.exif_transpose(im)
     except BadInput:
         raise
@@ -119,9 +136,44 @@ def decode_image(data: bytes, cfg: IngestConfig) -> Image.Image:
         if "truncated" in msg.lower() or isinstance(exc, EOFError):
             raise BadInput(f"truncated file ({msg})") from None
         raise BadInput(f"corrupt image ({type(exc).__name__}: {msg})") from None
-    im = to_rgb(im)
-    w, h = im.size
+    rgb = to_rgb(im)
+    w, h = rgb.size
     if min(w, h) < cfg.min_side:
         raise BadInput(f"too small: {w}x{h}, shorter side < min_side {cfg.min_side}")
-    im = fit_max_side(im, cfg.max_side)
-    return im
+    out = fit_max_side(rgb, cfg.max_side)
+    # to_rgb and fit_max_side return their input when they change nothing.
+    unchanged = file_format == "PNG" and not oriented and rgb is im and out is rgb
+    return Decoded(out, png_as_is(data, out.size) if unchanged else None)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks that change no decoded pixel and that Pillow's re-encoding would not keep either: text, time and
+# resolution, dropped. Anything else (tRNS, PLTE, colour profiles, eXIf, APNG frames, unknown chunks) keeps
+# the input on the re-encoding path.
+_DROPPABLE = {b"tEXt", b"zTXt", b"iTXt", b"tIME", b"pHYs"}
+
+
+def png_as_is(data: bytes, size: tuple[int, int]) -> bytes | None:
+    """`data` cut to its IHDR, IDAT and IEND chunks (copied byte for byte, CRCs included) when it is an 8-bit RGB
+    PNG of `size` with nothing else that matters for its pixels, else None. Run only on data Pillow has decoded
+    (and verified), so the IDAT stream is known good."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    kept, pos = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            return None
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", data[pos + 8:pos + 18])
+            if (width, height) != size or depth != 8 or colour != 2:  # 2 = truecolour, no alpha
+                return None
+        elif kind not in (b"IDAT", b"IEND") and kind not in _DROPPABLE:
+            return None
+        if kind not in _DROPPABLE:
+            kept.append(data[pos:end])
+        if kind == b"IEND":
+            return b"".join(kept)
+        pos = end
+    return None

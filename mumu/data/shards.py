@@ -24,7 +24,7 @@ from webdataset import TarWriter
 from data_schemas import Manifest, QuarantineRecord, ShardReport
 from mumu.config.data import WriteConfig
 from mumu.data.work import Composed, InputShard, shard_name
-from mumu.io import atomic_path, dumps_canonical, sha256_file, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from mumu.io import atomic_path, dumps_compact, sha256_file, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
 _SHARD_FILE = re.compile(r"shard-(\d{5,})\.(?:tar|report\.json|quarantine\.jsonl)")
@@ -51,10 +51,11 @@ def encode_image(im: Image.Image, fmt: str, jpeg_quality: int = 95, png_compress
 
 def sample_members(composed: Composed, cfg: WriteConfig) -> dict[str, bytes]:
     """Member name (without the key) → bytes: "json" record plus every referenced image."""
-    members = {"json": dumps_canonical(composed.record.model_dump(mode="json")).encode("utf-8")}
+    members = {"json": dumps_compact(composed.record.model_dump(mode="json")).encode("utf-8")}
     for name, im in composed.images.items():
         fmt = name.rsplit(".", 1)[-1]
-        members[name] = encode_image(im, fmt, cfg.jpeg_quality, cfg.png_compress_level)
+        stored = composed.encoded.get(name)
+        members[name] = stored if stored is not None else encode_image(im, fmt, cfg.jpeg_quality, cfg.png_compress_level)
     return members
 
 
@@ -82,7 +83,9 @@ def write_shard(
     name = shard_name(index)
     path = out_dir / name
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        writer = TarWriter(f, user="mumu", group="mumu", mode=0o444, encoder=False, mtime=0.0)
+        # mtime an int: a float one makes tarfile add a PAX header (two more 512-byte blocks, built in Python) to
+        # every member only to record "mtime=0.0".
+        writer = TarWriter(f, user="mumu", group="mumu", mode=0o444, encoder=False, mtime=0)
         for composed in sorted(samples, key=lambda c: c.record.key):
             writer.write({"__key__": composed.record.key, **sample_members(composed, cfg)})
         writer.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from mumu.config.data import ComposeConfig, DataConfig, EntitiesConfig, IngestCo
 from mumu.data import entities as _entities
 from mumu.data.compose import compose_sample, int_box
 from mumu.data.contracts import CaptionModel, DetectionModel, SegmentationModel
-from mumu.data.decode import BadInput, decode_image
+from mumu.data.decode import BadInput, decode_input
 from mumu.data.entities import same_phrase
 from mumu.data.ingest import plan_shards, read_refs
 from mumu.data.scenes import rle_to_mask
@@ -51,6 +52,7 @@ __all__ = [
     "write",
     "shard_done",
     "write_manifest",
+    "compose_shard",
     "run_shard",
     "run_shards",
     "run_local",
@@ -114,14 +116,14 @@ def ingest(shard: InputShard, cfg: IngestConfig) -> ShardWork:
     for ref, data, given, error in read_refs(shard.refs, cfg.max_file_bytes):
         if error is None:
             try:
-                image = decode_image(data, cfg)
+                decoded = decode_input(data, cfg)
             except BadInput as exc:
                 error = exc.reason
         if error is not None:
             bad.append(work.reject(ref.source, "ingest", error))
             continue
-        items.append(Item(key=ref.key, source=ref.source, image=image, caption=given, caption_source="given",
-                          given=ref.given))
+        items.append(Item(key=ref.key, source=ref.source, image=decoded.image, image_png=decoded.png, caption=given,
+                          caption_source="given", given=ref.given))
     given_n = sum(1 for it in items if it.caption)
     annotated = sum(1 for it in items if it.given is not None)
     return work.next(items, bad, {"inputs": len(shard.refs), "decoded": len(items), "captions_given": given_n,
@@ -272,6 +274,7 @@ def compose(work: ShardWork, cfg: ComposeConfig) -> ShardWork:
                 key=it.key,
                 source=it.source,
                 image=it.image,
+                image_png=it.image_png,
                 caption=it.caption,
                 caption_source=it.caption_source,
                 entities=list(it.entities),
@@ -292,7 +295,8 @@ def _with_image_format(composed: Composed, fmt: str) -> Composed:
     if old == new:
         return composed
     images = {(new if k == old else k): v for k, v in composed.images.items()}
-    return Composed(record=composed.record.model_copy(update={"image": new}), images=images)
+    encoded = {k: v for k, v in composed.encoded.items() if k != old}  # PNG bytes, not the format asked for
+    return Composed(record=composed.record.model_copy(update={"image": new}), images=images, encoded=encoded)
 
 
 def write(work: ShardWork, out_dir: str | Path, cfg: DataConfig) -> ShardReport:
@@ -316,38 +320,59 @@ def write(work: ShardWork, out_dir: str | Path, cfg: DataConfig) -> ShardReport:
     )
 
 
-def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
-              segmenter: SegmentationModel) -> ShardReport:
-    """All stages of one shard in order (what the flow does per shard, without Prefect)."""
+def compose_shard(shard: InputShard, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
+                  segmenter: SegmentationModel) -> ShardWork:
+    """Every stage of one shard up to `write`."""
     work = ingest(shard, cfg.ingest)
     work = caption(work, captioner)
     work = find_entities(work, cfg.entities)
     work = detect(work, detector)
     work = segment(work, segmenter)
-    work = compose(work, cfg.compose)
-    return write(work, out_dir, cfg)
+    return compose(work, cfg.compose)
+
+
+def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
+              segmenter: SegmentationModel) -> ShardReport:
+    """All stages of one shard in order (what the flow does per shard, without Prefect)."""
+    return write(compose_shard(shard, cfg, captioner, detector, segmenter), out_dir, cfg)
 
 
 def run_shards(shards: Sequence[InputShard], out_dir, cfg: DataConfig, captioner: CaptionModel | None,
-               detector: DetectionModel, segmenter: SegmentationModel, ran: list[int] | None = None) -> list[ShardReport]:
+               detector: DetectionModel, segmenter: SegmentationModel, ran: list[int] | None = None,
+               write_behind: bool = False) -> list[ShardReport]:
     """`run_shard` on each shard whose report does not exist yet (what one task run of the flow does: a retried
-    run redoes only its unfinished shards); the index of each shard run now is appended to `ran`."""
-    reports = []
-    for shard in shards:
-        report = shard_done(out_dir, shard.index, shard, hash_config(cfg))
-        if report is None:
-            report = run_shard(shard, out_dir, cfg, captioner, detector, segmenter)
-            if ran is not None:
-                ran.append(shard.index)
-        reports.append(report)
-    return reports
+    run redoes only its unfinished shards); the index of each shard run now is appended to `ran`.
+
+    write_behind: each shard is written (PNG encoding, tar, fsync, sha256) on a second thread while the next one
+    goes through the stages before it, so a core the single-threaded models leave idle can take the writing.
+    A shard's write must finish before the next shard is handed over: its error surfaces there, and no more
+    than two shards' images are held. Whatever ends the run, a write in progress finishes first (leaving its
+    report, or nothing) before the error propagates, so a retry never races it for the same files."""
+    reports: list[ShardReport | Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-shard") as writer:
+        pending: Future | None = None
+        for shard in shards:
+            report = shard_done(out_dir, shard.index, shard, hash_config(cfg))
+            if report is None:
+                work = compose_shard(shard, cfg, captioner, detector, segmenter)
+                if ran is not None:
+                    ran.append(shard.index)
+                if write_behind:
+                    if pending is not None:
+                        pending.result()
+                    report = pending = writer.submit(write, work, out_dir, cfg)
+                else:
+                    report = write(work, out_dir, cfg)
+            reports.append(report)
+    return [r.result() if isinstance(r, Future) else r for r in reports]
 
 
 def run_local(
     input_path, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
-    segmenter: SegmentationModel, config_hash: str
+    segmenter: SegmentationModel, config_hash: str, write_behind: bool = False
 ) -> tuple[Manifest, list[int]]:
     """Plan, run every unfinished shard sequentially, write the manifest → (manifest, shards run now)."""
     ran: list[int] = []
-    reports = run_shards(plan_shards(input_path, cfg.ingest), out_dir, cfg, captioner, detector, segmenter, ran)
+    reports = run_shards(plan_shards(input_path, cfg.ingest), out_dir, cfg, captioner, detector, segmenter, ran,
+                         write_behind)
     return write_manifest(out_dir, reports, config_hash), ran

@@ -84,6 +84,9 @@ class Composed:
 
     record: SampleRecord
     images: dict[str, Image.Image]  # member name ("image.png", "crop_0.png", ...) → image
+    # Members whose bytes already exist (the target image as its input PNG, mumu.data.decode.png_as_is): `write`
+    # stores these instead of encoding the image of the same name.
+    encoded: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Item:
     source: str
     image: Image.Image
     caption: str | None
+    image_png: bytes | None = None  # the input's own PNG bytes of exactly `image` (mumu.data.decode.Decoded.png)
     caption_source: Literal["given", "vlm"] = "given"
     entities: tuple[Entity, ...] = ()
     masks: np.ndarray | None = None  # bool [n_entities, H, W], set by `segment`
