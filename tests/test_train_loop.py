@@ -198,3 +198,17 @@ def test_ema_and_accumulation_resume_to_the_same_model(tmp_path: Path):
     # the final model holds the EMA weights, not the last raw ones
     raw = st.load_file(str(tmp_path / "a" / "checkpoints" / "step-000002" / "weights.safetensors"))
     assert not torch.equal(raw["connector.in_proj.weight"], a["in_proj.weight"])
+
+
+def test_training_uses_its_own_thread_count_and_gives_the_process_its_own_back(tmp_path: Path):
+    seen = []
+    prof = load_profile("tiny", {"runtime.train_torch_threads": 2, "train.pretrain.sample_every": 0})
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train("pretrain", prof, [], tmp_path, max_steps=2, iterate=fixed,
+              on_log=lambda step, metrics: seen.append(torch.get_num_threads()))
+        assert seen and set(seen) == {2}
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

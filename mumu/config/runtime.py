@@ -21,6 +21,9 @@ class RuntimeConfig(StrictModel):
     dask_address: str | None = None
     # Torch intra-op threads per worker (0 = torch's default).
     torch_threads: int = Field(0, ge=0)
+    # Torch intra-op threads of a training process (0 = torch_threads): a training step's batched matmuls use
+    # a second core where the data stage's one-image model calls do not.
+    train_torch_threads: int = Field(0, ge=0)
     # Training processes per machine (one per GPU) under `accelerate launch`; 1 on 1 machine = train
     # inside the Prefect task.
     train_processes: int = Field(1, ge=1)

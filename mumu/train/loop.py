@@ -10,6 +10,7 @@ uninterrupted one exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import time
@@ -71,6 +72,23 @@ def run_seed(profile: ProfileConfig, stage_name: str) -> int:
                .generate_state(1)[0])
 
 
+def keeps_torch_threads(fn: Callable) -> Callable:
+    """Run `fn` and give the process its torch intra-op thread count back: a training stage sets its own
+    (`runtime.train_torch_threads`), and whatever runs next in the process (a worker's data or evaluation task)
+    must not compute with it — float results depend on the thread count."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        previous = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return wrapper
+
+
+@keeps_torch_threads
 def train(
     stage_name: str,
     profile: ProfileConfig | str,
@@ -104,8 +122,8 @@ def train(
     if stage_name not in STAGES:
         raise UserError(f"unknown stage {stage_name!r}: choose one of {', '.join(STAGES)}")
     stage = getattr(profile.train, stage_name)
-    if profile.runtime.torch_threads:
-        torch.set_num_threads(profile.runtime.torch_threads)
+    if threads := profile.runtime.train_torch_threads or profile.runtime.torch_threads:
+        torch.set_num_threads(threads)
     total = max_steps if max_steps is not None else stage.max_steps
     if total < 1:  # the config bounds max_steps; an explicit max_steps must obey the same bound
         raise UserError(f"max_steps must be at least 1, got {total}")
