@@ -108,7 +108,8 @@ def test_pretrain_flow_trains_under_accelerate_launch_with_two_processes(shards,
     with get_client(sync_client=True) as client:
         def forwarded():
             logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-            return [log.message for log in logs if log.message.startswith("pretrain step ")]
+            lines = [log.message for log in logs if log.message.startswith("pretrain step ")]
+            return lines if len(lines) >= 4 else None  # logs reach the API in batches: wait for all four
 
         messages = wait_for("the launched processes' lines in the run's logs", forwarded, 30)
     # the main process prints one line per step, as it trains (the other rank is quiet)
