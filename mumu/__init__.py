@@ -6,6 +6,6 @@ __version__ = "0.1.0"
 
 # The bundled sample scenes (emoji on backgrounds, MIT art): the default input of build-data, and the tests'.
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples" / "scenes"
-# The default run's training set: 192 one-subject scenes of the first 16 emoji, enough for the tiny model to
-# learn to draw the subjects its prompts reference (mumu/samples/README.md). The default input of `mumu pipeline`.
+# The default run's training set: 256 scenes of 1-3 of the first 8 emoji, enough for the tiny model to learn
+# to draw the subjects its prompts reference, alone and together (mumu/samples/README.md). The default input of `mumu pipeline`.
 TRAIN_SAMPLES_DIR = Path(__file__).resolve().parent / "samples" / "train"

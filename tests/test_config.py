@@ -51,7 +51,7 @@ def test_extends_deep_merges_over_the_base_and_overrides_win(tmp_path):
     assert child.data.detect.text_threshold == base.data.detect.text_threshold  # siblings kept
     assert child.data.detect.model == base.data.detect.model
     assert child.model.connector.width == 48 and child.model.connector.heads == base.model.connector.heads
-    assert child.eval.benchmark.max_subjects is None and child.eval.benchmark.max_templates == 2
+    assert child.eval.benchmark.max_subjects is None and child.eval.benchmark.max_templates == base.eval.benchmark.max_templates
     # A chain: grandchild extends child (a path relative to its own folder); --set overrides win over both.
     (tmp_path / "sub").mkdir()
     grand = load_profile(_write(tmp_path / "sub" / "grand.yaml", "extends: ../child.yaml\nmodel:\n  connector: {layers: 3}\n"),
