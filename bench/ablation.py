@@ -77,7 +77,7 @@ def run_seed(args_dict: dict, seed: int, urls: list[str]) -> dict:
     torch.set_num_threads(args_dict["threads"])
     n, m = args_dict["steps_pretrain"], args_dict["steps_tune"]
     root = Path(args_dict["out"]) / f"seed-{seed}"
-    base = seed_overrides(seed)
+    base = {**seed_overrides(seed), "runtime.train_torch_threads": args_dict["threads"]}
     profile = load_profile(args_dict["profile"], base)
     profile_b = load_profile(args_dict["profile"], {**base, "train.tune.attn_loss.weight": 0.0})
     results: dict[str, dict] = {}

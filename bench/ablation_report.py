@@ -23,7 +23,8 @@ A CPU-scale version of UNIMO-G's ablation (Tables 2–3: "w/o Tuning", "w/o Visu
 It is a runnable experiment, not part of CI; `tests/test_ablation_smoke.py` runs its plumbing with 1–2 steps.
 
 ```
-python bench/ablation.py --steps-pretrain 800 --steps-tune 800 --seeds 0 1 2 --threads 2 --out runs/ablation --write-docs
+python bench/ablation.py --steps-pretrain 1000 --steps-tune 2000 --train-subjects 16 --seeds 0 1 2 --threads 2 \
+    --out runs/ablation --write-docs
 python bench/ablation_report.py runs/ablation/results.json      # (re)writes this file
 ```
 
@@ -34,7 +35,8 @@ python bench/ablation_report.py runs/ablation/results.json      # (re)writes thi
   caption from their names ("a cactus on a blue background"), boxes and masks exact.
   They go through the real data stage (`mumu.data.stages.run_local`) with the `GroundTruth` oracle as detector
   and segmenter, so the shards hold MUMU prompts with the exact crops and masks. 8 of the 72 subjects are
-  **held out** (never in a training scene).
+  **held out** (never in a training scene); training draws from `--train-subjects` of the other 64 (all by
+  default; fewer subjects are each seen more often in the same budget).
 - **Model.** `mumu/profiles/ablation.yaml`: the tiny profile (its recipe: v-prediction on a zero-terminal-SNR
   schedule, the resampler's norm on image features, and the VAE fitted on the bundled samples,
   `bundled:tiny_vae`; docs/recipe.md) with a wider connector (64) and UNet cross-attention (64), 64 px images,
@@ -94,7 +96,8 @@ def render(result: dict, run_dir: Path | None = None) -> str:
     per_seed = result["per_seed"]
     lines = [METHOD, "## Results", ""]
     lines += [(f"N = {b['steps_pretrain']} stage-1 steps, M = {b['steps_tune']} tuning steps, batch {b['batch_size']}, "
-              f"seeds {b['seeds']}; {b['scenes']} training scenes. Mean ± std over seeds."), "", result["table"], ""]
+              f"seeds {b['seeds']}; {b['scenes']} training scenes of {b.get('train_subjects', 64)} subjects "
+              f"({b.get('heldout_subjects', 8)} held out). Mean ± std over seeds."), "", result["table"], ""]
     lines += ["Order of the arms' means (higher first):", ""]
     for key in ("heldout/identified", "heldout/margin", "seen/identified", "seen/margin", "all/adherence"):
         lines.append(f"- {key}: {_ordering(per_seed, key)}")
