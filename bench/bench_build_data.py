@@ -200,9 +200,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (both sides)")
     parser.add_argument("--images-per-shard", type=int, default=None,
                         help="override data.ingest.images_per_shard (default: the tiny profile's)")
+    parser.add_argument("--shards-per-task", type=int, default=None,
+                        help="override runtime.shards_per_task (default: the tiny profile's)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     base = {"data.ingest.images_per_shard": args.images_per_shard} if args.images_per_shard else {}
+    if args.shards_per_task:
+        base["runtime.shards_per_task"] = args.shards_per_task
     base["runtime.write_behind"] = False
     cfg = load_profile("tiny", base)
     torch.set_num_threads(args.threads)

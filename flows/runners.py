@@ -17,9 +17,11 @@ def _this_api_url() -> str:
         return str(client.api_url).rstrip("/")
 
 
-def concurrent_tasks(runtime: RuntimeConfig) -> int:
-    """Task runs the profile's task runner runs at once."""
-    return max(1, runtime.workers) * (4 if runtime.task_runner == "thread" else 1)
+def concurrent_tasks(runtime: RuntimeConfig, per_worker: int | None = None) -> int:
+    """Task runs the profile's task runner runs at once: `per_worker` threads per worker (None = the data stages'
+    runtime.data_tasks_per_worker), or one per Dask worker process."""
+    threads = runtime.data_tasks_per_worker if per_worker is None else per_worker
+    return max(1, runtime.workers) * (threads if runtime.task_runner == "thread" else 1)
 
 
 def shard_groups(shards: list, runtime: RuntimeConfig) -> list[list]:
@@ -31,7 +33,8 @@ def shard_groups(shards: list, runtime: RuntimeConfig) -> list[list]:
     return [shards[i::n] for i in range(n)]
 
 
-def task_runner(runtime: RuntimeConfig):
+def task_runner(runtime: RuntimeConfig, per_worker: int | None = None):
+    """The profile's task runner; `per_worker`: thread-runner task runs per worker, as in `concurrent_tasks`."""
     if runtime.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
@@ -44,7 +47,7 @@ def task_runner(runtime: RuntimeConfig):
             "n_workers": runtime.workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
             "env": {"PREFECT_API_URL": _this_api_url()},
         })
-    return ThreadPoolTaskRunner(max_workers=concurrent_tasks(runtime))
+    return ThreadPoolTaskRunner(max_workers=concurrent_tasks(runtime, per_worker))
 
 
 def gather_shard_groups(futures, total: int, already_done: int, desc: str) -> list:

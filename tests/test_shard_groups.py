@@ -33,6 +33,19 @@ def test_shards_are_dealt_to_enough_runs_of_even_length(n, per_task, workers, ru
     assert shard_groups([], runtime) == []
 
 
+def test_the_thread_runner_runs_data_tasks_per_worker_data_runs_per_worker_at_once():
+    def runtime(**kw):
+        return load_profile("tiny", {f"runtime.{k}": v for k, v in kw.items()}).runtime
+
+    assert concurrent_tasks(runtime(workers=1, data_tasks_per_worker=1)) == 1
+    assert concurrent_tasks(runtime(workers=2, data_tasks_per_worker=4)) == 8
+    assert concurrent_tasks(runtime(workers=3, data_tasks_per_worker=4, task_runner="dask")) == 3  # a process each
+    assert concurrent_tasks(runtime(workers=2, data_tasks_per_worker=1), per_worker=4) == 8  # generation's own
+    # 24 shards of 8 per run: 3 runs at one a time, 4 when 4 run at once
+    assert [len(g) for g in shard_groups(list(range(24)), runtime(data_tasks_per_worker=1))] == [8, 8, 8]
+    assert [len(g) for g in shard_groups(list(range(24)), runtime(data_tasks_per_worker=4))] == [6, 6, 6, 6]
+
+
 def test_a_group_redoes_only_its_unfinished_shards_with_the_same_bytes(tmp_path):
     src = tmp_path / "in"
     oracle = write_scene_folder(src, range(300, 306))

@@ -18,6 +18,10 @@ class RuntimeConfig(StrictModel):
     # processes, one model replica each — or an existing cluster at `dask_address`).
     task_runner: Literal["thread", "dask"] = "thread"
     workers: int = Field(1, ge=1)
+    # Task runs of a data stage (build-data, cache-features) the "thread" runner runs at once per worker (they
+    # share the process's models and cores). More than one overlaps Prefect's own waits with work; with models
+    # as small as the tiny profile's the threads mostly contend for the GIL instead (bench/bench_build_data.py).
+    data_tasks_per_worker: int = Field(4, ge=1)
     dask_address: str | None = None
     # Torch intra-op threads per worker (0 = torch's default).
     torch_threads: int = Field(0, ge=0)
