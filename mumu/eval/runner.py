@@ -159,8 +159,8 @@ def _list_images(folder: Path, limit: int | None) -> list[str]:
 def unrelated_mean(items: list[BenchItem], item_rows: dict[str, list[int]],
                    score_of: Callable[[list[int], BenchItem], np.ndarray]) -> float | None:
     """A score's chance level: the mean of each item's generated images scored against every item that shares
-    none of its subjects, i.e. what the score gives images unrelated to their prompt. On encoders with random
-    weights (the tiny profile) it sits close to the score itself, which says the score carries no signal there.
+    none of its subjects, i.e. what the score gives images unrelated to their prompt. With encoders of random
+    weights (the tiny profile) a margin over it measures colour and layout statistics, not semantics.
     None when no two items are disjoint."""
     values = [score_of(item_rows[item.id], other)
               for item in items for other in items if set(item.subjects).isdisjoint(other.subjects)]
