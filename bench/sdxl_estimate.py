@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections import Counter
 from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +30,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from mumu.config import load_profile  # noqa: E402
+from models.decoder import enable_block_checkpointing, unet_blocks  # noqa: E402
 from models.hf import empty_weights  # noqa: E402
 
 # (label, profile, overrides): the profiles as they are, and mumu-sdxl with the vision cache its rule leaves off.
@@ -43,21 +45,35 @@ def fwd_flops(fn) -> int:
     return int(fc.get_total_flops())
 
 
-def saved_bytes(fn) -> int:
-    """Activation bytes autograd saves for backward: weights (and views of them) excluded, each tensor once."""
-    total, seen = 0, set()
+def saved_bytes(fn, owner=lambda: "all") -> dict:
+    """Activation bytes autograd saves for backward, by `owner()` at the time each is saved: weights (and views
+    of them) excluded, each tensor once."""
+    total, seen = Counter(), set()
 
     def pack(t):
-        nonlocal total
         base = t._base if t._base is not None else t
         if not isinstance(base, torch.nn.Parameter) and id(base) not in seen:
             seen.add(id(base))
-            total += base.numel() * base.element_size()
+            total[owner()] += base.numel() * base.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return total
+    return dict(total)
+
+
+def saved_bytes_by_block(unet, fn) -> dict:
+    """saved_bytes of `fn` split by the top-level UNet block running when a tensor is saved (None: outside them)."""
+    current, hooks = [None], []
+    for name in unet_blocks(unet):
+        block = unet.get_submodule(name)
+        hooks.append(block.register_forward_pre_hook(lambda mod, args, name=name: current.__setitem__(0, name)))
+        hooks.append(block.register_forward_hook(lambda mod, args, out: current.__setitem__(0, None)))
+    try:
+        return saved_bytes(fn, lambda: current[0])
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 @contextmanager
@@ -86,8 +102,12 @@ def part_flops(model, cfg, crop_side: int, images: int, text_tokens: int) -> dic
         hidden = torch.empty(1, length, enc.hidden_size, dtype=dtype)
         mask = torch.ones(1, length, dtype=torch.long)
     out = {"tokens": length, "patches_per_image": n_patch}
-    out["unet"] = fwd_flops(lambda: dec.unet(latents, torch.tensor([500], device="meta"), encoder_hidden_states=ctx,
-                                             added_cond_kwargs=added))
+    with FlopCounterMode(display=False, depth=2) as fc:
+        dec.unet(latents, torch.tensor([500], device="meta"), encoder_hidden_states=ctx, added_cond_kwargs=added)
+    out["unet"] = int(fc.get_total_flops())
+    by_module = fc.get_flop_counts()
+    out["unet_blocks"] = {b: int(sum(by_module.get(f"{type(dec.unet).__name__}.{b}", {}).values()))
+                          for b in unet_blocks(dec.unet)}
     out["vae_encoder"] = fwd_flops(lambda: dec.vae.encode(pixels))
     # SigLIP, per image: per layer 2N(4d^2 + 2dI) for q, k, v, o and the MLP + 4N^2 d for QK^T and AV; patch conv.
     d, i_, layers, ps = vcfg.hidden_size, vcfg.intermediate_size, vcfg.num_hidden_layers, vcfg.patch_size
@@ -124,16 +144,17 @@ def step_flops(f: dict, cfg, cached: bool) -> dict:
 
     Trained fully: 3F (forward + activation and weight gradients); frozen weights that gradients pass through
     (LoRA layers, or parts upstream of trained ones): 2F (LoRA weight gradients ~2 % extra, left out); frozen with
-    nothing trained upstream: F, under no_grad; gradient checkpointing: +F. With the cache a cached part costs
+    nothing trained upstream: F, under no_grad; gradient checkpointing: +F of each block it recomputes. With the cache a cached part costs
     nothing, except its share computed from pixels (MUMU's augmented crops)."""
     m, tr, feat = cfg.model, cfg.train, cfg.train.features
     enc, dec = m.encoder, m.decoder
     lora_lm, lora_proj = enc.train_language_model == "lora", enc.train_language_model == "lora" and enc.lora_projector
     aug = max(tr.pretrain.augment.share, tr.tune.augment.share)
-    unet_mult = {"full": 3, "lora": 2, "frozen": 1}[dec.train] + dec.gradient_checkpointing
+    ckpt = dec.gradient_checkpointing
+    recompute = f["unet"] if ckpt is True else sum(f["unet_blocks"][b] for b in ckpt or [])
     lm_mult = (2 if enc.train_language_model != "frozen" else 1) + (enc.gradient_checkpointing and lora_lm)
     out = {
-        "unet": unet_mult * f["unet"],
+        "unet": {"full": 3, "lora": 2, "frozen": 1}[dec.train] * f["unet"] + recompute,
         "vae_encoder": 0 if cached and feat.latents else f["vae_encoder"],
         "vision_tower": f["vision_tower"],
         "projection": f["projection"] + (f["projection_backward"] if lora_proj else 0),
@@ -180,16 +201,24 @@ def memory(model, cfg, length: int) -> dict:
         hidden = torch.empty(1, length, model.encoder.hidden_size, dtype=model.encoder.model.dtype)
         mask = torch.ones(1, length, dtype=torch.long)
     model.train()
-    unet_saved = saved_bytes(lambda: dec.unet(latents, torch.tensor([500], device="meta"), encoder_hidden_states=ctx,
-                                              added_cond_kwargs=added))
-    connector_saved = saved_bytes(lambda: model.connector(hidden, mask))
+    def unet_forward():
+        dec.unet(latents, torch.tensor([500], device="meta"), encoder_hidden_states=ctx, added_cond_kwargs=added)
+
+    unet_saved = sum(saved_bytes(unet_forward).values())
+    ckpt = cfg.model.decoder.gradient_checkpointing
+    dec.unet.disable_gradient_checkpointing()  # what each block keeps when it is not recomputed
+    by_block = saved_bytes_by_block(dec.unet, unet_forward)
+    if ckpt:
+        enable_block_checkpointing(dec.unet, ckpt)
+    connector_saved = sum(saved_bytes(lambda: model.connector(hidden, mask)).values())
     t = model.encoder.model.config.text_config
     # Mistral under LoRA, per token and layer (bf16): residual/norm inputs, q, k, v, attention output, o_proj input
     # (~8 d) + gate, up, act(gate)*up (3 I); with checkpointing only each layer's input (d) is kept.
     lm_full = (8 * t.hidden_size + 3 * t.intermediate_size) * 2 * length * t.num_hidden_layers
     lm_ckpt = t.hidden_size * 2 * length * t.num_hidden_layers
     return {"parameters": sum(p.numel() for p in model.parameters()), "trainable": trainable,
-            "unet_saved_batch1": unet_saved, "connector_saved_batch1": connector_saved, "lm_saved_batch1": lm_full, "lm_saved_batch1_checkpointed": lm_ckpt}
+            "unet_saved_batch1": unet_saved, "unet_block_saved_uncheckpointed": by_block,
+            "connector_saved_batch1": connector_saved, "lm_saved_batch1": lm_full, "lm_saved_batch1_checkpointed": lm_ckpt}
 
 
 def estimate(label: str, profile: str, overrides: dict, crop_side: int, images: int, text_tokens: int) -> dict:
@@ -199,7 +228,7 @@ def estimate(label: str, profile: str, overrides: dict, crop_side: int, images: 
     with empty_weights():
         model = MumuModel.from_config(cfg.model)
     f = part_flops(model, cfg, crop_side, images, text_tokens)
-    return {"profile": label, "forward": f, "uncached": step_flops(f, cfg, False),
+    return {"profile": label, "forward": f, "unet_checkpointing": cfg.model.decoder.gradient_checkpointing, "uncached": step_flops(f, cfg, False),
             "cached": step_flops(f, cfg, True), "cache_bytes": cache_bytes(f, cfg, images, text_tokens),
             "memory": memory(model, cfg, f["tokens"])}
 
@@ -227,6 +256,10 @@ def report(results: list[dict], baseline: float) -> None:
               f"checkpointing as the profile sets them), connector {mem['connector_saved_batch1'] / 1e9:.2f} GB "
               f"(fp32), LM under LoRA {mem['lm_saved_batch1'] / 1e9:.2f} GB "
               f"({mem['lm_saved_batch1_checkpointed'] / 1e9:.2f} GB checkpointed; none when frozen)")
+        ckpt = r["unet_checkpointing"]
+        print("  UNet blocks (forward T, GB kept for backward when not checkpointed; * = checkpointed): " + ", ".join(
+            f"{b}{'*' if ckpt is True or b in (ckpt or []) else ''} {t / 1e12:.2f} T {mem['unet_block_saved_uncheckpointed'].get(b, 0) / 1e9:.1f} GB"
+            for b, t in r["forward"]["unet_blocks"].items()))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mumu.config.model import DecoderConfig
+from mumu.errors import UserError
 from models.hf import build_seeded, empty_weights_config, pretrained_kwargs, torch_dtype
 
 # Tiny SDXL-shaped UNet: two cross-attention resolutions (latent 16x16 and 8x8 at resolution 64), so
@@ -63,6 +64,28 @@ def build_unet(cfg: DecoderConfig):
         return UNet2DConditionModel.from_pretrained(src.location, dtype=torch_dtype(src.dtype), **pretrained_kwargs(src))
     conf = {**TINY_UNET, **(src.config or {})}
     return _cast(build_seeded(lambda: UNet2DConditionModel(**conf), src.seed), src.dtype)
+
+
+def unet_blocks(unet) -> list[str]:
+    """The UNet's top-level blocks, in the order the forward runs them."""
+    return ([f"down_blocks.{i}" for i in range(len(unet.down_blocks))] + ["mid_block"]
+            + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))])
+
+
+def enable_block_checkpointing(unet, blocks: bool | list[str]) -> None:
+    """Gradient checkpointing on every block (True) or on the named top-level blocks only."""
+    unet.enable_gradient_checkpointing()
+    if blocks is True:
+        return
+    names = unet_blocks(unet)
+    unknown = sorted(set(blocks) - set(names))
+    if unknown:
+        raise UserError(f"decoder.gradient_checkpointing names {unknown}, not blocks of this UNet: {names}")
+    for name in names:
+        if name not in blocks:
+            for module in unet.get_submodule(name).modules():
+                if hasattr(module, "gradient_checkpointing"):
+                    module.gradient_checkpointing = False
 
 
 def build_vae(cfg: DecoderConfig):
@@ -127,7 +150,7 @@ class Decoder(nn.Module):
                 torch.manual_seed(cfg.unet.seed + 2)
                 self.unet.add_adapter(unet_lora_config(cfg))  # only the adapter weights require grad
         if cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
+            enable_block_checkpointing(self.unet, cfg.gradient_checkpointing)
 
     def train(self, mode: bool = True):
         super().train(mode)

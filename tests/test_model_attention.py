@@ -138,10 +138,15 @@ def test_attention_loss_gradient_reaches_unet_and_connector(model):
         _grads(model, batch, 1.0, layers=[32])
 
 
-def test_gradient_checkpointing_matches(model):
+def _with_checkpointing(blocks):
     cfg = load_profile("tiny").model
-    ckpt = MumuModel.from_config(cfg.model_copy(update={"decoder": cfg.decoder.model_copy(
-        update={"gradient_checkpointing": True})}))
+    return MumuModel.from_config(cfg.model_copy(update={"decoder": cfg.decoder.model_copy(
+        update={"gradient_checkpointing": blocks})}))
+
+
+@pytest.mark.parametrize("blocks", [True, ["mid_block", "up_blocks.0"]], ids=["all", "selected"])
+def test_gradient_checkpointing_matches(model, blocks):
+    ckpt = _with_checkpointing(blocks)
     ckpt.load_state_dict(model.state_dict())
     model.train(), ckpt.train()
     batch = model.prepare(scene())
@@ -151,3 +156,31 @@ def test_gradient_checkpointing_matches(model):
     assert set(ga) == set(gb)
     for n in ga:
         torch.testing.assert_close(ga[n], gb[n], atol=1e-5, rtol=1e-4)
+
+
+def test_selective_checkpointing_recomputes_only_the_named_blocks(model):
+    from models.decoder import unet_blocks
+
+    def saved(m):  # activation bytes autograd keeps for backward in one training forward
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        m.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m.training_loss(batch, torch.Generator().manual_seed(5), AttnLossConfig(weight=0.0))
+        return total
+
+    batch = model.prepare(scene())
+    some = _with_checkpointing(["mid_block", "up_blocks.0"])
+    for name in unet_blocks(some.decoder.unet):
+        flags = {m.gradient_checkpointing for m in some.decoder.unet.get_submodule(name).modules()
+                 if hasattr(m, "gradient_checkpointing")}
+        assert flags == {name in ("mid_block", "up_blocks.0")}, name
+    # fewer activations kept than without checkpointing, more than with every block recomputed
+    assert saved(_with_checkpointing(True)) < saved(some) < saved(model)
+    with pytest.raises(UserError, match=r"names \['up_blocks.9'\], not blocks of this UNet: \['down_blocks.0'"):
+        _with_checkpointing(["up_blocks.0", "up_blocks.9"])

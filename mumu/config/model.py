@@ -82,7 +82,10 @@ class DecoderConfig(StrictModel):
     # assumes. Needs v_prediction (epsilon is undefined at SNR 0). Without it the model learns that some of the
     # image survives at t = T-1, and images drawn from pure noise keep the noise's low frequencies (mean colour).
     rescale_betas_zero_snr: bool = False
-    gradient_checkpointing: bool = False
+    # Recompute activations in backward: true = every UNet block; a list = only those top-level blocks
+    # ("down_blocks.1", "mid_block", "up_blocks.0", ...): selective checkpointing, for blocks whose saved
+    # activations are large next to their FLOPs (bench/sdxl_estimate.py prints both per block).
+    gradient_checkpointing: bool | list[str] = False
 
     @model_validator(mode="after")
     def _lora_consistent(self) -> "DecoderConfig":
