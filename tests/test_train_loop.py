@@ -151,6 +151,12 @@ def test_stage2_starts_from_stage1_model(uninterrupted, tmp_path: Path):
     assert logs[0]["attn"] > 0
     with pytest.raises(UserError, match="not a saved model"):
         train("tune", prof, [], tmp_path / "x", init=tmp_path / "nowhere", max_steps=1, iterate=rotating)
+    # a model setting the init model was not built with is refused, not silently dropped
+    enc = prof.model.encoder.model_copy(update={"freeze_vision": False})
+    changed = prof.model_copy(update={"model": prof.model.model_copy(update={"encoder": enc})})
+    with pytest.raises(UserError, match=r"another model config \(model.encoder.freeze_vision\)"):
+        train("tune", changed, [], tmp_path / "y", init=full.model_dir, max_steps=1, iterate=rotating)
+    assert not (tmp_path / "y" / "model").exists()
 
 
 def test_non_finite_loss_names_the_step(tmp_path: Path, monkeypatch):

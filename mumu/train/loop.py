@@ -11,6 +11,7 @@ uninterrupted one exactly.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import shutil
 import time
@@ -88,6 +89,27 @@ def keeps_torch_threads(fn: Callable) -> Callable:
     return wrapper
 
 
+def check_init_config(init: Path, model_cfg) -> None:
+    """A stage started from a saved model is built from that model's config: refuse a profile whose model.*
+    says otherwise (a changed setting would otherwise be silently ignored)."""
+    meta = init / "mumu_config.json"
+    if not meta.exists():
+        raise UserError(f"init {init} is not a saved model directory (expected a stage's out_dir/model)")
+    saved = json.loads(meta.read_text())["model"]
+    differ = _differences(saved, model_cfg.model_dump(mode="json"), "model")
+    if differ:
+        raise UserError(f"init {init} was saved with another model config ({', '.join(differ[:4])}"
+                        f"{', ...' if len(differ) > 4 else ''}): a stage started from it keeps its model, so give "
+                        f"both stages the same model.* settings")
+
+
+def _differences(a, b, prefix: str) -> list[str]:
+    """Dotted keys where two JSON-like values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}.{k}")]
+    return [] if a == b else [prefix]
+
+
 @keeps_torch_threads
 def train(
     stage_name: str,
@@ -140,8 +162,8 @@ def train(
     accelerator = Accelerator(mixed_precision=stage.mixed_precision, gradient_accumulation_steps=accum,
                               cpu=device.type == "cpu",
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    if init is not None and not (Path(init) / "mumu_config.json").exists():
-        raise UserError(f"init {init} is not a saved model directory (expected a stage's out_dir/model)")
+    if init is not None:
+        check_init_config(Path(init), profile.model)
     model = MumuModel.from_pretrained(init) if init is not None else MumuModel.from_config(profile.model)
     model.to(accelerator.device)
     model.train()
