@@ -54,6 +54,10 @@ def parse_args(argv=None):
     ap.add_argument("--seen", type=int, default=8, help="training subjects with new eval prompts")
     ap.add_argument("--train-subjects", type=int, default=None,
                     help="train on this many of the subjects not held out (default: all of them)")
+    ap.add_argument("--prompt-mode", default="unimo", choices=("unimo", "mumu"),
+                    help="tuning prompts and eval prompts: the subject image in place of its name (UNIMO-G) or before it")
+    ap.add_argument("--recolour", type=float, default=0.5,
+                    help="chance that a training emoji is drawn hue-rotated, so only its picture tells its colours")
     ap.add_argument("--samples", type=int, default=None, help="images per prompt (default eval.samples_per_prompt)")
     ap.add_argument("--sample-steps", type=int, default=None, help="denoising steps (default eval.sampler.steps)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
@@ -77,7 +81,8 @@ def run_seed(args_dict: dict, seed: int, urls: list[str]) -> dict:
     torch.set_num_threads(args_dict["threads"])
     n, m = args_dict["steps_pretrain"], args_dict["steps_tune"]
     root = Path(args_dict["out"]) / f"seed-{seed}"
-    base = {**seed_overrides(seed), "runtime.train_torch_threads": args_dict["threads"]}
+    base = {**seed_overrides(seed), "runtime.train_torch_threads": args_dict["threads"],
+            "train.tune.prompt_mode": args_dict["prompt_mode"]}
     profile = load_profile(args_dict["profile"], base)
     profile_b = load_profile(args_dict["profile"], {**base, "train.tune.attn_loss.weight": 0.0})
     results: dict[str, dict] = {}
@@ -134,7 +139,8 @@ def evaluate_seed(args_dict: dict, seed: int, arms: dict, prompts: list, emoji_d
     out = {}
     for arm, info in arms.items():
         sampler = MumuSampler(load_model(info["model_dir"]), profile.eval.sampler)
-        images = sampler.generate_batch([p.prompt(emoji) for p in prompts], n=n, seed=1000 * seed, steps=steps)
+        images = sampler.generate_batch([p.prompt(emoji, args_dict["prompt_mode"]) for p in prompts], n=n,
+                                        seed=1000 * seed, steps=steps)
         rows = []
         for p, imgs in zip(prompts, images):
             others = [h for f, h in hists.items() if f != p.emoji]
@@ -213,7 +219,7 @@ def main(argv=None) -> dict:
     prompts = D.eval_prompts(train_subjects, heldout, args.seen, seed=0)
     t0 = time.perf_counter()
     data = D.build_shards(emoji, train_subjects, out / "data", args.scenes, args.scene_size, 0, profile,
-                          args.max_objects, tuple(args.scale))
+                          args.max_objects, tuple(args.scale), args.recolour)
     urls = D.shard_urls(out / "data" / "shards")
     data_seconds = time.perf_counter() - t0
     print(f"data: {data['written']} scenes ({data_seconds:.0f} s)", flush=True)
@@ -246,7 +252,8 @@ def main(argv=None) -> dict:
     table = format_table(per_seed, reference)
     budget = {"steps_pretrain": args.steps_pretrain, "steps_tune": args.steps_tune, "seeds": args.seeds,
               "batch_size": profile.train.pretrain.batch_size, "scenes": data["written"],
-              "train_subjects": len(train_subjects), "heldout_subjects": len(heldout), "max_objects": args.max_objects,
+              "train_subjects": len(train_subjects), "heldout_subjects": len(heldout), "max_objects": args.max_objects, "recolour": args.recolour,
+              "prompt_mode": args.prompt_mode,
               "identification_chance": 1 / len(subjects), "vae": profile.model.decoder.vae.pretrained,
               "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
               "eval_seconds": round(eval_seconds, 1), "total_seconds": round(time.perf_counter() - t_all, 1),
@@ -254,7 +261,7 @@ def main(argv=None) -> dict:
               "arm_seconds": {a: [round(per_seed_arms[s][a]["seconds"], 1) for s in args.seeds] for a in ARMS}}
     result = {"table": table, "per_seed": {str(s): v for s, v in per_seed.items()},
               "arms": {str(s): v for s, v in per_seed_arms.items()}, "reference": reference, "budget": budget,
-              "prompts": [p.text for p in prompts], "heldout_subjects": sorted(heldout.values())}
+              "prompts": [p.text(args.prompt_mode) for p in prompts], "heldout_subjects": sorted(heldout.values())}
     write_text_atomic(out / "results.json", json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(table)
     print(json.dumps(budget, indent=1))

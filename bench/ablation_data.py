@@ -37,14 +37,16 @@ class EvalPrompt:
     name: str
     colour: str  # background colour named in the prompt (a key of scenes.PLAIN)
 
-    def prompt(self, emoji_dir: Path) -> list:
-        """MUMU-style multimodal prompt: the subject image before its words, as the data stage composes it."""
+    def prompt(self, emoji_dir: Path, form: str) -> list:
+        """The multimodal prompt as the data stage composes the training prompts of `form`: "mumu", the subject
+        image before its name; "unimo", the image in place of the name (UNIMO-G)."""
         image = Image.open(_emoji_path(emoji_dir, self.emoji)).convert("RGBA")
-        return [f"{article(self.name)} ", image, f" {self.name} on {article(self.colour)} {self.colour} background"]
+        name = f" {self.name}" if form == "mumu" else ""
+        return [f"{article(self.name)} ", image, f"{name} on {article(self.colour)} {self.colour} background"]
 
-    @property
-    def text(self) -> str:
-        return f"{article(self.name)} <image> {self.name} on {article(self.colour)} {self.colour} background"
+    def text(self, form: str) -> str:
+        name = f" {self.name}" if form == "mumu" else ""
+        return f"{article(self.name)} <image>{name} on {article(self.colour)} {self.colour} background"
 
 
 def split_subjects(emoji_dir: Path, n_heldout: int, seed: int,
@@ -75,9 +77,10 @@ def eval_prompts(train: dict[str, str], heldout: dict[str, str], n_seen: int, se
 
 
 def build_shards(emoji_dir: Path, train: dict[str, str], out: Path, n_scenes: int, size: int, seed: int,
-                 profile, max_objects: int = 3, scale: tuple[float, float] = (0.3, 0.5)) -> dict:
+                 profile, max_objects: int = 3, scale: tuple[float, float] = (0.3, 0.5), recolour: float = 0.0) -> dict:
     """Render `n_scenes` training scenes into out/scenes and write shards to out/shards (skipped when the
-    manifest already exists). Returns a summary (counts, objects per scene)."""
+    manifest already exists). `recolour`: chance that an emoji is drawn hue-rotated (scenes.render_scene).
+    Returns a summary (counts, objects per scene)."""
     scenes_dir, shard_dir = out / "scenes", out / "shards"
     summary_path = out / "data_summary.json"
     if summary_path.exists() and (shard_dir / "manifest.json").exists():
@@ -86,7 +89,8 @@ def build_shards(emoji_dir: Path, train: dict[str, str], out: Path, n_scenes: in
     oracle, rows, n_objects = GroundTruth(), [], []
     for i in range(n_scenes):
         n = random.Random(seed * 1_000_003 + i).randint(1, max_objects)
-        scene = render_scene(emoji_dir, seed * 1_000_003 + i, size=size, names=train, n_objects=n, scale=scale)
+        scene = render_scene(emoji_dir, seed * 1_000_003 + i, size=size, names=train, n_objects=n, scale=scale,
+                             recolour=recolour)
         oracle.add_scene(scene)
         file = f"scene_{i:05d}.png"
         scene.image.save(scenes_dir / file)
@@ -98,7 +102,8 @@ def build_shards(emoji_dir: Path, train: dict[str, str], out: Path, n_scenes: in
         raise RuntimeError(f"data stage wrote {manifest.written} of {n_scenes} scenes (see {shard_dir})")
     summary = {"scenes": n_scenes, "written": manifest.written, "size": size,
                "objects": {str(k): n_objects.count(k) for k in sorted(set(n_objects))},
-               "train_subjects": len(train), "background_colours": sorted(PLAIN), "scale": list(scale)}
+               "train_subjects": len(train), "background_colours": sorted(PLAIN), "scale": list(scale),
+               "recolour": recolour}
     write_text_atomic(summary_path, json.dumps(summary, indent=1, sort_keys=True) + "\n")  # the "done" marker
     return summary
 

@@ -24,7 +24,7 @@ It is a runnable experiment, not part of CI; `tests/test_ablation_smoke.py` runs
 
 ```
 python bench/ablation.py --steps-pretrain 1000 --steps-tune 2000 --train-subjects 16 --seeds 0 1 2 --threads 2 \
-    --out runs/ablation --write-docs
+    --samples 4 --out runs/ablation --write-docs      # --prompt-mode unimo --recolour 0.5 are the defaults
 python bench/ablation_report.py runs/ablation/results.json      # (re)writes this file
 ```
 
@@ -32,9 +32,11 @@ python bench/ablation_report.py runs/ablation/results.json      # (re)writes thi
 
 - **Data.** Composed emoji scenes (`mumu.data.scenes.render_scene`, 128 px): 1 to `--max-objects` emoji (default
   1, at 0.5–0.7 of the side, as the default run's `mumu/samples/train`) on a plain or gradient background,
-  caption from their names ("a cactus on a blue background"), boxes and masks exact.
+  caption from their names ("a cactus on a blue background"), boxes and masks exact. With probability
+  `--recolour` (0.5) an emoji is drawn with its hue rotated by 60–300°: its name then does not tell its colours,
+  only its picture does, so tuning must read the prompt image rather than recall the subject from its name.
   They go through the real data stage (`mumu.data.stages.run_local`) with the `GroundTruth` oracle as detector
-  and segmenter, so the shards hold MUMU prompts with the exact crops and masks. 8 of the 72 subjects are
+  and segmenter, so the shards hold MUMU and UNIMO-G prompts with the exact crops, segments and masks. 8 of the 72 subjects are
   **held out** (never in a training scene); training draws from `--train-subjects` of the other 64 (all by
   default; fewer subjects are each seen more often in the same budget).
 - **Model.** `mumu/profiles/ablation.yaml`: the tiny profile (its recipe: v-prediction on a zero-terminal-SNR
@@ -43,12 +45,16 @@ python bench/ablation_report.py runs/ablation/results.json      # (re)writes thi
   batch 8, lr 1e-3.
 - **Arms** (same data, seed and budget of N + M steps; per seed one stage-1 model is shared):
   (a) *w/o Tuning*: text-to-image pretraining for N + M steps (stage 1's run resumed from its step-N
-  checkpoint); (b) *w/o VisualEnh*: stage 1 (N) + multimodal tuning (M) with `train.tune.attn_loss.weight=0`;
+  checkpoint); (b) *w/o VisualEnh*: stage 1 (N) + multimodal tuning (M) on UNIMO-G prompts (`--prompt-mode
+  unimo`: each entity's masked segment, on white, in place of its words) with `train.tune.attn_loss.weight=0`;
   (c) *full*: the same with the profile's attention-mask loss weight (0.1). A seed changes the init of the
   encoder LoRA / connector / UNet and every training draw.
-- **Evaluation prompts.** "a <image> *name* on a *colour* background" (the subject's emoji as the image, on
-  white), one seeded plain background colour per subject: the 8 held-out subjects and 8 seen subjects;
-  2 samples per prompt, DDIM 10 steps, guidance 3.
+- **Evaluation prompts**, in the tuning prompts' form: "a <image> on a *colour* background" (the subject's emoji
+  as the image, on white, in place of its name; `--prompt-mode mumu`: "a <image> *name* on ..."), one seeded
+  plain background colour per subject: the 8 held-out subjects and 8 seen subjects; `--samples` (4) samples per
+  prompt, DDIM 10 steps, guidance 3. Without its name, a subject can only come from its image. The toy's
+  Idefics2 has random weights and never learnt to read images before tuning, so (a), which never saw an image
+  prompt, is expected at chance: UNIMO-G's w/o-Tuning model reads images through its pretrained MLLM.
 
 ## Metrics, and why these
 
@@ -97,7 +103,8 @@ def render(result: dict, run_dir: Path | None = None) -> str:
     lines = [METHOD, "## Results", ""]
     lines += [(f"N = {b['steps_pretrain']} stage-1 steps, M = {b['steps_tune']} tuning steps, batch {b['batch_size']}, "
               f"seeds {b['seeds']}; {b['scenes']} training scenes of {b.get('train_subjects', 64)} subjects "
-              f"({b.get('heldout_subjects', 8)} held out). Mean ± std over seeds."), "", result["table"], ""]
+              f"({b.get('heldout_subjects', 8)} held out), {b.get('recolour', 0.0)} of their emoji recoloured; "
+              f"{b.get('prompt_mode', 'mumu')} prompts. Mean ± std over seeds."), "", result["table"], ""]
     lines += ["Order of the arms' means (higher first):", ""]
     for key in ("heldout/identified", "heldout/margin", "seen/identified", "seen/margin", "all/adherence"):
         lines.append(f"- {key}: {_ordering(per_seed, key)}")

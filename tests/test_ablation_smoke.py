@@ -41,6 +41,9 @@ def test_table_has_three_arms_and_all_columns(result):
     saved = json.loads((out / "results.json").read_text())
     assert saved["table"] == res["table"] and sorted(saved["per_seed"]) == ["0", "1"]
     assert len(saved["prompts"]) == 3 and len(saved["heldout_subjects"]) == 2
+    # UNIMO-G's prompts by default: the subject's image in place of its name, in tuning and in evaluation
+    assert saved["budget"]["prompt_mode"] == "unimo" and saved["budget"]["recolour"] == 0.5
+    assert all(p.startswith(("a <image> on a ", "an <image> on a ")) for p in saved["prompts"]), saved["prompts"]
     for seed in ("0", "1"):
         for arm in "abc":
             assert (out / f"seed-{seed}" / f"samples-{arm}.png").is_file()

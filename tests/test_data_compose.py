@@ -184,3 +184,31 @@ def test_shrink_with_count_keeps_a_scene_of_three_about_as_full_as_a_scene_of_on
     # the default keeps the old draw: every emoji of a scene of three at the full scale
     plain = render_scene(EMOJI, 0, size=256, n_objects=3, scale=(0.3, 0.4))
     assert all(int(256 * 0.3) <= o.paste[2] <= int(256 * 0.4) for o in plain.objects)
+
+
+def test_recolour_rotates_the_hue_of_the_emoji_and_nothing_else():
+    import colorsys
+
+    plain = render_scene(EMOJI, 3, size=128, n_objects=2, scale=(0.4, 0.5))
+    assert np.array_equal(np.asarray(render_scene(EMOJI, 3, size=128, n_objects=2, scale=(0.4, 0.5),
+                                                  recolour=0.0).image), np.asarray(plain.image))
+    shifted = render_scene(EMOJI, 3, size=128, n_objects=2, scale=(0.4, 0.5), recolour=1.0)
+    # placements, masks and caption do not move: only the emoji's pixels change
+    assert shifted.caption == plain.caption and [o.box for o in shifted.objects] == [o.box for o in plain.objects]
+    assert np.array_equal(shifted.masks, plain.masks)
+    a, b = np.asarray(plain.image, np.float64) / 255, np.asarray(shifted.image, np.float64) / 255
+    pasted = np.zeros(a.shape[:2], bool)
+    for x, y, side in (o.paste for o in plain.objects):
+        pasted[y:y + side, x:x + side] = True
+    assert np.array_equal(a[~pasted], b[~pasted])  # the background is untouched
+    assert (np.abs(a - b).max(-1)[plain.masks.any(0)] > 2 / 255).mean() > 0.5
+    for mask in plain.masks:
+        hsv_a = np.array([colorsys.rgb_to_hsv(*p) for p in a[mask]])
+        hsv_b = np.array([colorsys.rgb_to_hsv(*p) for p in b[mask]])
+        vivid = (hsv_a[:, 1] > 0.4) & (hsv_a[:, 2] > 0.4)  # hue is only defined where there is colour
+        assert vivid.sum() > 50
+        turn = (hsv_b[vivid, 0] - hsv_a[vivid, 0]) % 1.0
+        # one rotation per emoji, of 60-300 degrees (43-213 of PIL's 256 steps); rounding spreads it a little
+        assert 43 / 256 - 0.03 <= np.median(turn) <= 213 / 256 + 0.03
+        assert np.mean(np.abs(((turn - np.median(turn)) + 0.5) % 1.0 - 0.5) < 0.03) > 0.9
+        assert np.abs(hsv_a[vivid, 2] - hsv_b[vivid, 2]).mean() < 0.05  # brightness kept

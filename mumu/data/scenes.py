@@ -76,6 +76,15 @@ def _background(rng: random.Random, size: int) -> tuple[Image.Image, str]:
     return Image.fromarray(np.ascontiguousarray(arr), "RGB"), f"{article(c1)} {c1} to {c2} gradient background"
 
 
+def rotate_hue(image: Image.Image, shift: int) -> Image.Image:
+    """An RGBA image with its hue rotated by `shift` of 256 steps (PIL's HSV scale); alpha is kept."""
+    h, sat, val = image.convert("RGB").convert("HSV").split()
+    h = h.point(lambda v: (v + shift) % 256)
+    out = Image.merge("HSV", (h, sat, val)).convert("RGB").convert("RGBA")
+    out.putalpha(image.getchannel("A"))
+    return out
+
+
 def _overlaps(a, b) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[2] and b[1] < a[1] + a[2]
 
@@ -91,9 +100,12 @@ def render_scene(
     alpha_threshold: int = 127,
     scale: tuple[float, float] = (0.3, 0.5),
     shrink_with_count: bool = False,
+    recolour: float = 0.0,
 ) -> Scene:
     """One scene, fully determined by (emoji set, seed, options). `shrink_with_count` divides the emoji side
-    by sqrt(number of emoji), so a scene of three holds about the object area of a scene of one."""
+    by sqrt(number of emoji), so a scene of three holds about the object area of a scene of one. `recolour`
+    is the chance that each emoji is drawn with its hue rotated (by 60-300 degrees): its name then no longer
+    tells its colours, only its picture does (the draws come from their own RNG, so placements do not move)."""
     emoji_dir = Path(emoji_dir)
     names = names or load_emoji_names(emoji_dir)
     rng = random.Random(seed)
@@ -102,6 +114,8 @@ def render_scene(
     canvas, bg_text = _background(rng, size)
     if shrink_with_count:
         scale = (scale[0] / n**0.5, scale[1] / n**0.5)
+    hue_rng = random.Random(f"recolour-{seed}")
+    hues = [hue_rng.randint(43, 213) if hue_rng.random() < recolour else 0 for _ in files]
     for _attempt in range(200):
         pastes = []
         for _ in files:
@@ -114,8 +128,9 @@ def render_scene(
         if not overlap and any(_overlaps(a, b) for i, a in enumerate(pastes) for b in pastes[i + 1 :]):
             continue
         layers, masks = [], []
-        for file, (x, y, side) in zip(files, pastes):
+        for file, (x, y, side), hue in zip(files, pastes, hues):
             em = Image.open(_emoji_path(emoji_dir, file)).convert("RGBA").resize((side, side), Image.Resampling.LANCZOS)
+            em = rotate_hue(em, hue) if hue else em
             layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
             layer.paste(em, (x, y))
             layers.append(layer)
