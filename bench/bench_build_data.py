@@ -14,7 +14,8 @@ forms, each lever on its own (all warm: API started, models in the task cache):
   grouped-png6   the profile's runtime.shards_per_task shards per run (at least as many runs as run at once), PNG level 6
   grouped        the same at the profile's PNG level
   grouped+wb     grouped, with runtime.write_behind
-Every variant sets runtime.write_behind itself (off unless "+wb"), whatever the profile says. Repeats are
+  grouped+wb+ra  grouped+wb, with runtime.read_ahead (the next shard ingested on a second thread); stages+wb+ra alike
+Every variant sets runtime.write_behind and read_ahead itself (off unless "+wb" / "+ra"), whatever the profile says. Repeats are
 interleaved and the best of each is kept (other processes share the machine). Then shard-write MB/s against a
 raw tarfile write of the same member bytes, and peak RSS.
 """
@@ -74,7 +75,7 @@ def load_models(cfg):
 def stages_seconds(inputs: Path, out: Path, cfg, models) -> float:
     """Every stage as plain function calls (mumu.data.stages.run_local), no Prefect: the data code's own cost."""
     start = time.perf_counter()
-    stages.run_local(inputs, out, cfg.data, *models, "bench", cfg.runtime.write_behind)
+    stages.run_local(inputs, out, cfg.data, *models, "bench", cfg.runtime.write_behind, cfg.runtime.read_ahead)
     return time.perf_counter() - start
 
 
@@ -207,18 +208,21 @@ def main() -> None:
     base = {"data.ingest.images_per_shard": args.images_per_shard} if args.images_per_shard else {}
     if args.shards_per_task:
         base["runtime.shards_per_task"] = args.shards_per_task
-    base["runtime.write_behind"] = False
+    base["runtime.write_behind"] = base["runtime.read_ahead"] = False
     cfg = load_profile("tiny", base)
     torch.set_num_threads(args.threads)
     png6 = {**base, "data.write.png_compress_level": 6}
     behind = {**base, "runtime.write_behind": True}
-    plain = {"stages-png6": load_profile("tiny", png6), "stages": cfg, "stages+wb": load_profile("tiny", behind)}
+    both = {**behind, "runtime.read_ahead": True}
+    plain = {"stages-png6": load_profile("tiny", png6), "stages": cfg, "stages+wb": load_profile("tiny", behind),
+             "stages+wb+ra": load_profile("tiny", both)}
     variants = {
         "per-stage": (base, per_stage_flow()),
         "per-shard": ({**base, "runtime.shards_per_task": 1}, None),
         "grouped-png6": (png6, None),
         "grouped": (base, None),
         "grouped+wb": (behind, None),
+        "grouped+wb+ra": (both, None),
     }
     best: dict[str, float] = {}
     n = args.images
@@ -248,7 +252,7 @@ def main() -> None:
     for name, seconds in best.items():
         ratio = best["bare"] / seconds
         print(f"  {name:14s} {n / seconds:8.2f} images/s ({seconds:.2f} s)  {ratio:.2f}x the bare model calls")
-    for name in ("grouped", "grouped+wb"):
+    for name in ("grouped", "grouped+wb", "grouped+wb+ra"):
         flowed = best[name]
         print(f"ratio flow/bare throughput: {best['bare'] / flowed:.2f}x ({name}; target >= 0.8); without the flow's "
               f"fixed cost {fixed:.2f} s (all shards done) {best['bare'] / (flowed - fixed):.2f}x")

@@ -99,6 +99,56 @@ def test_writing_behind_gives_the_same_bytes_and_a_failed_write_stops_the_run_af
     assert {p.name: p.read_bytes() for p in failed.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
 
 
+def test_reading_ahead_gives_the_same_bytes_and_an_ingest_error_surfaces_at_its_shards_turn(tmp_path, monkeypatch):
+    import threading
+
+    src = tmp_path / "in"
+    oracle = write_scene_folder(src, range(300, 308))
+    cfg = load_profile("tiny", {"data.ingest.images_per_shard": 2}).data
+    shards = stages.plan_shards(src, cfg.ingest)
+    inline, ahead = tmp_path / "inline", tmp_path / "ahead"
+    stages.run_shards(shards, inline, cfg, None, oracle, oracle)
+
+    real_ingest, real_compose = stages.ingest, stages.compose_ingested
+    threads, started, overlapped = set(), {}, []
+
+    def ingest(shard, icfg):
+        threads.add(threading.current_thread().name)
+        started.setdefault(shard.index, threading.Event()).set()
+        if shard.index == 2 and failing:
+            raise OSError(5, "Input/output error")
+        return real_ingest(shard, icfg)
+
+    def compose(work, *args):
+        # while shard i is in the models, shard i+1's ingest has started (in sequence this would time out)
+        if work.shard + 1 < len(shards):
+            overlapped.append(started.setdefault(work.shard + 1, threading.Event()).wait(timeout=10))
+        return real_compose(work, *args)
+
+    monkeypatch.setattr(stages, "ingest", ingest)
+    monkeypatch.setattr(stages, "compose_ingested", compose)
+    failing = False
+    ran = []
+    reports = stages.run_shards(shards, ahead, cfg, None, oracle, oracle, ran, write_behind=True, read_ahead=True)
+    assert ran == [0, 1, 2, 3] and [r.shard for r in reports] == [0, 1, 2, 3]
+    assert {p.name: p.read_bytes() for p in ahead.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
+    assert threads == {"read-shard_0"} and overlapped == [True, True, True]
+
+    failing = True
+    started.clear()
+    failed = tmp_path / "failed"
+    with pytest.raises(OSError, match="Input/output"):
+        stages.run_shards(shards, failed, cfg, None, oracle, oracle, write_behind=True, read_ahead=True)
+    # shards 0 and 1 finished (their writes done before the error propagated); 2 and 3 did not
+    assert sorted(p.name for p in failed.glob("*.report.json")) == ["shard-00000.report.json", "shard-00001.report.json"]
+    failing = False
+    started.clear()
+    ran = []
+    stages.run_shards(shards, failed, cfg, None, oracle, oracle, ran, write_behind=True, read_ahead=True)
+    assert ran == [2, 3]
+    assert {p.name: p.read_bytes() for p in failed.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_every_png_level_decodes_to_the_same_pixels(mode):
     rng = np.random.default_rng(0)

@@ -44,6 +44,9 @@ class RuntimeConfig(StrictModel):
     # goes through the models (mumu/data/stages.py run_shards). Pays only where a core is idle beside the
     # single-threaded models (bench/bench_build_data.py).
     write_behind: bool = False
+    # Within a data task run, ingest (read, decode, resize) the next shard on a second thread while this one is in
+    # the models (mumu/data/stages.py run_shards): the same idle core, at the other end of the shard.
+    read_ahead: bool = False
     task_retries: int = Field(2, ge=0)
     task_retry_delay_seconds: float = Field(1.0, ge=0.0)
 

@@ -323,7 +323,12 @@ def write(work: ShardWork, out_dir: str | Path, cfg: DataConfig) -> ShardReport:
 def compose_shard(shard: InputShard, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
                   segmenter: SegmentationModel) -> ShardWork:
     """Every stage of one shard up to `write`."""
-    work = ingest(shard, cfg.ingest)
+    return compose_ingested(ingest(shard, cfg.ingest), cfg, captioner, detector, segmenter)
+
+
+def compose_ingested(work: ShardWork, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
+                     segmenter: SegmentationModel) -> ShardWork:
+    """The stages between `ingest` and `write`: the models, then the crops."""
     work = caption(work, captioner)
     work = find_entities(work, cfg.entities)
     work = detect(work, detector)
@@ -339,40 +344,48 @@ def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner: CaptionMod
 
 def run_shards(shards: Sequence[InputShard], out_dir, cfg: DataConfig, captioner: CaptionModel | None,
                detector: DetectionModel, segmenter: SegmentationModel, ran: list[int] | None = None,
-               write_behind: bool = False) -> list[ShardReport]:
+               write_behind: bool = False, read_ahead: bool = False) -> list[ShardReport]:
     """`run_shard` on each shard whose report does not exist yet (what one task run of the flow does: a retried
     run redoes only its unfinished shards); the index of each shard run now is appended to `ran`.
 
+    Both options keep the single-threaded models busy by giving a core they leave idle the rest of the work:
+    read_ahead: the next shard is ingested (inputs read, decoded, resized) on a second thread while this one is
+    in the models; an ingest error surfaces when its shard's turn comes, as without it.
     write_behind: each shard is written (PNG encoding, tar, fsync, sha256) on a second thread while the next one
-    goes through the stages before it, so a core the single-threaded models leave idle can take the writing.
-    A shard's write must finish before the next shard is handed over: its error surfaces there, and no more
-    than two shards' images are held. Whatever ends the run, a write in progress finishes first (leaving its
-    report, or nothing) before the error propagates, so a retry never races it for the same files."""
-    reports: list[ShardReport | Future] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-shard") as writer:
+    goes through the stages before it. A shard's write must finish before the next shard is handed over: its
+    error surfaces there, and no more than two shards' images are held. Whatever ends the run, a write in
+    progress finishes first (leaving its report, or nothing) before the error propagates, so a retry never
+    races it for the same files."""
+    config_hash = hash_config(cfg)
+    reports: dict[int, ShardReport | Future] = {
+        s.index: r for s in shards if (r := shard_done(out_dir, s.index, s, config_hash)) is not None}
+    todo = [s for s in shards if s.index not in reports]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-shard") as writer, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-shard") as reader:
+        read = (lambda s: reader.submit(ingest, s, cfg.ingest)) if read_ahead else None
         pending: Future | None = None
-        for shard in shards:
-            report = shard_done(out_dir, shard.index, shard, hash_config(cfg))
-            if report is None:
-                work = compose_shard(shard, cfg, captioner, detector, segmenter)
-                if ran is not None:
-                    ran.append(shard.index)
-                if write_behind:
-                    if pending is not None:
-                        pending.result()
-                    report = pending = writer.submit(write, work, out_dir, cfg)
-                else:
-                    report = write(work, out_dir, cfg)
-            reports.append(report)
-    return [r.result() if isinstance(r, Future) else r for r in reports]
+        ahead = read(todo[0]) if read and todo else None
+        for i, shard in enumerate(todo):
+            ingested = ahead.result() if read else ingest(shard, cfg.ingest)
+            ahead = read(todo[i + 1]) if read and i + 1 < len(todo) else None
+            work = compose_ingested(ingested, cfg, captioner, detector, segmenter)
+            if ran is not None:
+                ran.append(shard.index)
+            if write_behind:
+                if pending is not None:
+                    pending.result()
+                reports[shard.index] = pending = writer.submit(write, work, out_dir, cfg)
+            else:
+                reports[shard.index] = write(work, out_dir, cfg)
+    return [r.result() if isinstance(r, Future) else r for r in (reports[s.index] for s in shards)]
 
 
 def run_local(
     input_path, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
-    segmenter: SegmentationModel, config_hash: str, write_behind: bool = False
+    segmenter: SegmentationModel, config_hash: str, write_behind: bool = False, read_ahead: bool = False
 ) -> tuple[Manifest, list[int]]:
     """Plan, run every unfinished shard sequentially, write the manifest → (manifest, shards run now)."""
     ran: list[int] = []
     reports = run_shards(plan_shards(input_path, cfg.ingest), out_dir, cfg, captioner, detector, segmenter, ran,
-                         write_behind)
+                         write_behind, read_ahead)
     return write_manifest(out_dir, reports, config_hash), ran
