@@ -66,14 +66,20 @@ def test_a_group_redoes_only_its_unfinished_shards_with_the_same_bytes(tmp_path)
     assert {p.name: p.read_bytes() for p in part.iterdir()} == {p.name: p.read_bytes() for p in whole.iterdir()}
 
 
-def test_writing_behind_gives_the_same_bytes_and_a_failed_write_stops_the_run_after_its_finished_shards(
-        tmp_path, monkeypatch):
+def four_shards_written_inline(tmp_path):
+    """(oracle, data config, 4 planned shards of 2 scenes, the folder they were written to without threads)."""
     src = tmp_path / "in"
     oracle = write_scene_folder(src, range(300, 308))
     cfg = load_profile("tiny", {"data.ingest.images_per_shard": 2}).data
     shards = stages.plan_shards(src, cfg.ingest)
-    inline, behind = tmp_path / "inline", tmp_path / "behind"
-    stages.run_shards(shards, inline, cfg, None, oracle, oracle)
+    stages.run_shards(shards, tmp_path / "inline", cfg, None, oracle, oracle)
+    return oracle, cfg, shards, tmp_path / "inline"
+
+
+def test_writing_behind_gives_the_same_bytes_and_a_failed_write_stops_the_run_after_its_finished_shards(
+        tmp_path, monkeypatch):
+    oracle, cfg, shards, inline = four_shards_written_inline(tmp_path)
+    behind = tmp_path / "behind"
     ran = []
     reports = stages.run_shards(shards, behind, cfg, None, oracle, oracle, ran, write_behind=True)
     assert ran == [0, 1, 2, 3] and [r.shard for r in reports] == [0, 1, 2, 3]
@@ -102,12 +108,8 @@ def test_writing_behind_gives_the_same_bytes_and_a_failed_write_stops_the_run_af
 def test_reading_ahead_gives_the_same_bytes_and_an_ingest_error_surfaces_at_its_shards_turn(tmp_path, monkeypatch):
     import threading
 
-    src = tmp_path / "in"
-    oracle = write_scene_folder(src, range(300, 308))
-    cfg = load_profile("tiny", {"data.ingest.images_per_shard": 2}).data
-    shards = stages.plan_shards(src, cfg.ingest)
-    inline, ahead = tmp_path / "inline", tmp_path / "ahead"
-    stages.run_shards(shards, inline, cfg, None, oracle, oracle)
+    oracle, cfg, shards, inline = four_shards_written_inline(tmp_path)
+    ahead = tmp_path / "ahead"
 
     real_ingest, real_compose = stages.ingest, stages.compose_ingested
     threads, started, overlapped = set(), {}, []
