@@ -276,3 +276,35 @@ def test_batched_generation_gives_the_same_images_in_one_call_per_chunk(single_b
     with pytest.raises(ValueError, match="2 results for 4 prompts"):
         generate_chunk(chunk(single_bench.items, 4)[0], None, tmp_path / "c", 0, cfg,
                        generate_batch_fn=lambda p, n, s: [[], []])
+
+
+def test_unrelated_mean_equals_scoring_every_disjoint_pair():
+    from mumu.eval.benchmarks import BenchItem
+    from mumu.eval.runner import subject_vectors, unrelated_mean
+
+    rng = np.random.default_rng(0)
+    subject_refs = {"a": [0, 1], "b": [2], "c": [3, 4, 5], "d": [6]}  # rows of the reference features
+    sets = [["a"], ["b"], ["a", "b"], ["c", "d"], ["b", "c"], ["d"]]
+    items = [BenchItem(id=f"i{k}", kind="single" if len(s) == 1 else "multi", segments=["x"], text=f"t{k}",
+                       subjects=s, names=s, references=[[f"{x}.png"] for x in s], template_index=0)
+             for k, s in enumerate(sets)]
+    item_rows = {it.id: list(range(3 * k, 3 * k + 3 - (k % 2))) for k, it in enumerate(items)}  # 2 or 3 images
+    gen, refs, texts = rng.normal(size=(18, 5)), rng.normal(size=(7, 5)), rng.normal(size=(6, 5))
+
+    def ref_rows(item):
+        return [subject_refs[s] for s in item.subjects]
+
+    expected_subject, expected_text = [], []
+    for k, item in enumerate(items):
+        for j, other in enumerate(items):
+            if set(item.subjects).isdisjoint(other.subjects):
+                rows = item_rows[item.id]
+                expected_subject += metrics.subject_similarity(gen[rows], [refs[r] for r in ref_rows(other)]).tolist()
+                expected_text += metrics.clip_t(gen[rows], np.repeat(texts[[j]], len(rows), axis=0)).tolist()
+    # disjoint others per item: 4, 3, 2, 3, 2, 4; even items have 3 images, odd ones 2
+    assert len(expected_subject) == 3 * (4 + 2 + 2) + 2 * (3 + 3 + 4)
+    got = unrelated_mean(items, item_rows, gen, subject_vectors(items, refs, ref_rows))
+    assert got == pytest.approx(np.mean(expected_subject), abs=1e-12)
+    assert unrelated_mean(items, item_rows, gen, metrics.normalize(texts)) == pytest.approx(np.mean(expected_text), abs=1e-12)
+    # no two items disjoint: no chance level
+    assert unrelated_mean(items[:3:2], item_rows, gen, metrics.normalize(texts[:2])) is None
