@@ -114,3 +114,19 @@ def test_bad_dreambench_files_are_one_line_errors(tmp_path):
     (bad / "dataset" / "prompts_and_classes.txt").write_text("Classes\n\nsubject_name,class\nteapot,teapot\n")
     with pytest.raises(UserError, match="both prompt lists"):
         build_benchmarks(BenchmarkConfig(root=str(bad)))
+
+
+def test_in_process_evaluation_follows_the_dreambench_protocol(tmp_path):
+    from tests.test_eval_runner import CountingGenerator, PixelEncoders
+
+    from mumu.eval.runner import evaluate
+
+    root = make_repository(tmp_path / "dreambooth", {"backpack_dog": 1, "cat2": 1})
+    cfg = load_profile("tiny", {"eval.benchmark.root": str(root), "eval.benchmark.kinds": ["single"],
+                                "eval.benchmark.max_templates": 2, "eval.chunk_size": 4}).eval
+    assert cfg.samples_per_prompt == 2
+    gen = CountingGenerator()
+    report = evaluate(gen, tmp_path / "eval", PixelEncoders(), cfg)
+    assert [n for _, n, _ in gen.calls] == [4] * 4  # 2 subjects x 2 templates, 4 images each, not the profile's 2
+    assert [(r["Benchmark"], r["Images"]) for r in report.rows] == [("dreambooth-single", 16)]
+    assert len(list((tmp_path / "eval" / "dreambooth-single" / "images").glob("*/*.png"))) == 16

@@ -274,13 +274,14 @@ def evaluate(generate_fn: GenerateFn | None, out_dir: str | Path, encoders, cfg:
     """The whole evaluation in one process: build the configured benchmarks, generate each (resuming
     finished chunks) under `<out_dir>/<benchmark name>`, score them and write the report in `out_dir`.
     The Prefect flow maps `generate_chunk` over chunks instead; this is the same sequence, unmapped."""
-    from mumu.eval.benchmarks import build_benchmarks
+    from mumu.eval.benchmarks import build_benchmarks, eval_config_for
 
     out_dir = Path(out_dir)
     scores = []
     for bench in build_benchmarks(cfg.benchmark):
-        generate_benchmark(bench, generate_fn, out_dir / bench.name, cfg, generate_batch_fn=generate_batch_fn)
-        scores.append(score(bench, out_dir / bench.name, encoders, cfg))
+        bench_cfg = eval_config_for(bench, cfg)  # e.g. DreamBench's 4 images per prompt, as the flow does
+        generate_benchmark(bench, generate_fn, out_dir / bench.name, bench_cfg, generate_batch_fn=generate_batch_fn)
+        scores.append(score(bench, out_dir / bench.name, encoders, bench_cfg))
     return write_report(scores, out_dir, cfg.report, run=run)
 
 
