@@ -362,12 +362,8 @@ def run_shards(shards: Sequence[InputShard], out_dir, cfg: DataConfig, captioner
     todo = [s for s in shards if s.index not in reports]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-shard") as writer, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-shard") as reader:
-        read = (lambda s: reader.submit(ingest, s, cfg.ingest)) if read_ahead else None
         pending: Future | None = None
-        ahead = read(todo[0]) if read and todo else None
-        for i, shard in enumerate(todo):
-            ingested = ahead.result() if read else ingest(shard, cfg.ingest)
-            ahead = read(todo[i + 1]) if read and i + 1 < len(todo) else None
+        for shard, ingested in zip(todo, _ingested(todo, cfg, reader if read_ahead else None)):
             work = compose_ingested(ingested, cfg, captioner, detector, segmenter)
             if ran is not None:
                 ran.append(shard.index)
@@ -378,6 +374,17 @@ def run_shards(shards: Sequence[InputShard], out_dir, cfg: DataConfig, captioner
             else:
                 reports[shard.index] = write(work, out_dir, cfg)
     return [r.result() if isinstance(r, Future) else r for r in (reports[s.index] for s in shards)]
+
+
+def _ingested(shards: Sequence[InputShard], cfg: DataConfig, reader: ThreadPoolExecutor | None):
+    """`ingest` of each shard in order; with a `reader`, the next shard's runs there while this one is used."""
+    if reader is None:
+        yield from (ingest(shard, cfg.ingest) for shard in shards)
+        return
+    ahead = [reader.submit(ingest, shard, cfg.ingest) for shard in shards[:1]]
+    for i in range(len(shards)):
+        ahead += [reader.submit(ingest, shards[i + 1], cfg.ingest)] if i + 1 < len(shards) else []
+        yield ahead.pop(0).result()
 
 
 def run_local(
