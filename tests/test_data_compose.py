@@ -212,3 +212,36 @@ def test_recolour_rotates_the_hue_of_the_emoji_and_nothing_else():
         assert 43 / 256 - 0.03 <= np.median(turn) <= 213 / 256 + 0.03
         assert np.mean(np.abs(((turn - np.median(turn)) + 0.5) % 1.0 - 0.5) < 0.03) > 0.9
         assert np.abs(hsv_a[vivid, 2] - hsv_b[vivid, 2]).mean() < 0.05  # brightness kept
+
+
+def test_colour_words_name_the_dominant_colours_of_the_opaque_pixels():
+    from mumu.data.scenes import COLOUR_NAMES, colour_words
+
+    img = Image.new("RGBA", (10, 10), (0, 0, 0, 0))  # transparent black: not counted
+    img.paste((*COLOUR_NAMES["green"], 255), (0, 0, 10, 6))  # 60 green
+    img.paste((*COLOUR_NAMES["brown"], 255), (0, 6, 10, 9))  # 30 brown, 10 transparent
+    assert colour_words(img) == ["green", "brown"]
+    assert colour_words(img, min_share=0.4) == ["green"] and colour_words(img, max_words=1) == ["green"]
+    img.paste((250, 30, 30, 255), (0, 6, 10, 9))  # near red, not a palette value
+    assert colour_words(img) == ["green", "red"]
+    with pytest.raises(ValueError, match="no opaque"):
+        colour_words(Image.new("RGBA", (4, 4), (0, 0, 0, 0)))
+
+
+def test_describe_colours_names_each_emoji_by_the_colours_it_is_drawn_in():
+    from mumu.data.scenes import colour_words
+
+    plain = render_scene(EMOJI, 3, size=128, n_objects=2, scale=(0.4, 0.5), recolour=1.0)
+    described = render_scene(EMOJI, 3, size=128, n_objects=2, scale=(0.4, 0.5), recolour=1.0, describe_colours=True)
+    assert np.array_equal(np.asarray(described.image), np.asarray(plain.image))
+    assert np.array_equal(described.masks, plain.masks)
+    for o, p, mask in zip(described.objects, plain.objects, described.masks):
+        words = o.name.removesuffix(" " + p.name).split(" and ")
+        assert o.name.endswith(" " + p.name) and 1 <= len(words) <= 2
+        # the words are the colours of the pixels drawn (recoloured), not of the emoji file
+        drawn = Image.fromarray(np.dstack([np.asarray(described.image), mask.astype(np.uint8) * 255]), "RGBA")
+        assert words[0] == colour_words(drawn)[0]
+    from mumu.data.scenes import article
+
+    phrases = [f"{article(o.name)} {o.name}" for o in described.objects]
+    assert described.caption == f"{phrases[0]} and {phrases[1]} on {plain.background}"

@@ -34,9 +34,45 @@ PLAIN = {
 }
 
 
+# Colour names an emoji is described with (`describe_colours`), each one word of mumu/resources/words.txt.
+COLOUR_NAMES = {
+    "red": (210, 40, 45),
+    "orange": (245, 145, 30),
+    "yellow": (250, 210, 60),
+    "green": (90, 175, 60),
+    "blue": (60, 120, 220),
+    "purple": (140, 80, 190),
+    "pink": (240, 150, 190),
+    "brown": (135, 85, 45),
+    "white": (240, 240, 240),
+    "gray": (150, 150, 150),
+    "black": (40, 40, 40),
+    "cream": (235, 200, 155),
+}
+_COLOUR_RGB = np.array(list(COLOUR_NAMES.values()), np.float32)
+
+
+def nearest_colour_names(rgb: np.ndarray) -> np.ndarray:
+    """[..., 3] RGB -> [...] index into COLOUR_NAMES of the nearest named colour."""
+    return np.argmin(((rgb[..., None, :].astype(np.float32) - _COLOUR_RGB) ** 2).sum(-1), axis=-1)
+
+
+def colour_words(image: Image.Image, max_words: int = 2, min_share: float = 0.25, alpha_threshold: int = 127) -> list[str]:
+    """The names of an RGBA image's dominant colours over its opaque pixels: the most common always, the next
+    ones while each covers at least `min_share` of them ("green", "brown" for a cactus in its pot)."""
+    arr = np.asarray(image.convert("RGBA"))
+    names = nearest_colour_names(arr[arr[:, :, 3] > alpha_threshold][:, :3])
+    if names.size == 0:
+        raise ValueError("no opaque pixels to describe")
+    counts = np.bincount(names, minlength=len(COLOUR_NAMES)) / names.size
+    order = np.argsort(-counts, kind="stable")
+    words = list(COLOUR_NAMES)
+    return [words[order[0]]] + [words[i] for i in order[1:max_words] if counts[i] >= min_share]
+
+
 @dataclass(frozen=True)
 class SceneObject:
-    name: str  # the emoji's name, as it appears in the caption
+    name: str  # the emoji's phrase, as it appears in the caption (its name, or its colours and name)
     emoji: str  # emoji file name
     box: tuple[int, int, int, int]  # visible-mask bbox, x1/y1 exclusive
     paste: tuple[int, int, int]  # x, y, side of the pasted (square) emoji
@@ -101,11 +137,14 @@ def render_scene(
     scale: tuple[float, float] = (0.3, 0.5),
     shrink_with_count: bool = False,
     recolour: float = 0.0,
+    describe_colours: bool = False,
 ) -> Scene:
     """One scene, fully determined by (emoji set, seed, options). `shrink_with_count` divides the emoji side
     by sqrt(number of emoji), so a scene of three holds about the object area of a scene of one. `recolour`
     is the chance that each emoji is drawn with its hue rotated (by 60-300 degrees): its name then no longer
-    tells its colours, only its picture does (the draws come from their own RNG, so placements do not move)."""
+    tells its colours, only its picture does (the draws come from their own RNG, so placements do not move).
+    `describe_colours` names each emoji with the colours it is drawn in ("a green and brown cactus"): the caption
+    then says what a recoloured emoji looks like, as a real caption would."""
     emoji_dir = Path(emoji_dir)
     names = names or load_emoji_names(emoji_dir)
     rng = random.Random(seed)
@@ -127,10 +166,11 @@ def render_scene(
             pastes.append(p)
         if not overlap and any(_overlaps(a, b) for i, a in enumerate(pastes) for b in pastes[i + 1 :]):
             continue
-        layers, masks = [], []
+        layers, masks, phrases = [], [], []
         for file, (x, y, side), hue in zip(files, pastes, hues):
             em = Image.open(_emoji_path(emoji_dir, file)).convert("RGBA").resize((side, side), Image.Resampling.LANCZOS)
             em = rotate_hue(em, hue) if hue else em
+            phrases.append(f"{' and '.join(colour_words(em))} {names[file]}" if describe_colours else names[file])
             layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
             layer.paste(em, (x, y))
             layers.append(layer)
@@ -148,11 +188,11 @@ def render_scene(
     for layer in layers:
         image = Image.alpha_composite(image, layer)
     objects = []
-    for file, paste, vis, f in zip(files, pastes, visible, full):
+    for file, phrase, paste, vis, f in zip(files, phrases, pastes, visible, full):
         ys, xs = np.nonzero(vis)
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         share = round(float(vis.sum() / f.sum()), 4)
-        objects.append(SceneObject(name=names[file], emoji=file, box=box, paste=paste, visible=share))
+        objects.append(SceneObject(name=phrase, emoji=file, box=box, paste=paste, visible=share))
     order = sorted(range(n), key=lambda i: (objects[i].box[0], objects[i].box[1]))
     objects = [objects[i] for i in order]
     visible = visible[order]
