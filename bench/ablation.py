@@ -58,6 +58,11 @@ def parse_args(argv=None):
                     help="tuning prompts and eval prompts: the subject image in place of its name (UNIMO-G) or before it")
     ap.add_argument("--recolour", type=float, default=0.5,
                     help="chance that a training emoji is drawn hue-rotated, so only its picture tells its colours")
+    ap.add_argument("--captions", default="colours", choices=("colours", "names"),
+                    help="name each training emoji with its colours and name ('a green and brown cactus') or its name")
+    ap.add_argument("--mllm-steps", type=int, default=1000,
+                    help="steps of the toy MLLM's image-text alignment (bench/ablation_mllm.py) shared by every arm; "
+                         "0 = the random-weight Idefics2")
     ap.add_argument("--samples", type=int, default=None, help="images per prompt (default eval.samples_per_prompt)")
     ap.add_argument("--sample-steps", type=int, default=None, help="denoising steps (default eval.sampler.steps)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
@@ -71,6 +76,11 @@ def seed_overrides(seed: int) -> dict:
     return {"runtime.seed": seed, "model.encoder.model.seed": 4 + 100 * seed, "model.decoder.unet.seed": 5 + 100 * seed}
 
 
+def mllm_overrides(mllm_dir: str | None) -> dict:
+    """The encoder loaded from the aligned toy MLLM (its saved Idefics2) instead of built from its config."""
+    return {} if mllm_dir is None else {"model.encoder.model.pretrained": mllm_dir, "model.encoder.model.config": None}
+
+
 def run_seed(args_dict: dict, seed: int, urls: list[str]) -> dict:
     """Train the three arms of one seed → {arm: {model_dir, steps, seconds, attn_weight, attn_mean, ...}}."""
     import torch
@@ -81,7 +91,8 @@ def run_seed(args_dict: dict, seed: int, urls: list[str]) -> dict:
     torch.set_num_threads(args_dict["threads"])
     n, m = args_dict["steps_pretrain"], args_dict["steps_tune"]
     root = Path(args_dict["out"]) / f"seed-{seed}"
-    base = {**seed_overrides(seed), "runtime.train_torch_threads": args_dict["threads"],
+    base = {**seed_overrides(seed), **mllm_overrides(args_dict["mllm_dir"]),
+            "runtime.train_torch_threads": args_dict["threads"],
             "train.tune.prompt_mode": args_dict["prompt_mode"]}
     profile = load_profile(args_dict["profile"], base)
     profile_b = load_profile(args_dict["profile"], {**base, "train.tune.attn_loss.weight": 0.0})
@@ -219,12 +230,19 @@ def main(argv=None) -> dict:
     prompts = D.eval_prompts(train_subjects, heldout, args.seen, seed=0)
     t0 = time.perf_counter()
     data = D.build_shards(emoji, train_subjects, out / "data", args.scenes, args.scene_size, 0, profile,
-                          args.max_objects, tuple(args.scale), args.recolour)
+                          args.max_objects, tuple(args.scale), args.recolour, args.captions == "colours")
     urls = D.shard_urls(out / "data" / "shards")
     data_seconds = time.perf_counter() - t0
     print(f"data: {data['written']} scenes ({data_seconds:.0f} s)", flush=True)
+    mllm = None
+    if args.mllm_steps:
+        from ablation_mllm import pretrain_mllm
 
-    ad = vars(args)
+        mllm = pretrain_mllm(profile.model.encoder, emoji, sorted(train_subjects), sorted(heldout), out / "mllm",
+                             args.mllm_steps)
+        print(f"toy MLLM alignment: {mllm}", flush=True)
+
+    ad = {**vars(args), "mllm_dir": str(out / "mllm" / "model") if mllm else None}
     per_seed_arms: dict[int, dict] = {}
     t_train = time.perf_counter()
     if args.jobs > 1:
@@ -253,7 +271,7 @@ def main(argv=None) -> dict:
     budget = {"steps_pretrain": args.steps_pretrain, "steps_tune": args.steps_tune, "seeds": args.seeds,
               "batch_size": profile.train.pretrain.batch_size, "scenes": data["written"],
               "train_subjects": len(train_subjects), "heldout_subjects": len(heldout), "max_objects": args.max_objects, "recolour": args.recolour,
-              "prompt_mode": args.prompt_mode,
+              "prompt_mode": args.prompt_mode, "captions": args.captions, "mllm": mllm,
               "identification_chance": 1 / len(subjects), "vae": profile.model.decoder.vae.pretrained,
               "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
               "eval_seconds": round(eval_seconds, 1), "total_seconds": round(time.perf_counter() - t_all, 1),

@@ -77,33 +77,42 @@ def eval_prompts(train: dict[str, str], heldout: dict[str, str], n_seen: int, se
 
 
 def build_shards(emoji_dir: Path, train: dict[str, str], out: Path, n_scenes: int, size: int, seed: int,
-                 profile, max_objects: int = 3, scale: tuple[float, float] = (0.3, 0.5), recolour: float = 0.0) -> dict:
+                 profile, max_objects: int = 3, scale: tuple[float, float] = (0.3, 0.5), recolour: float = 0.0,
+                 describe_colours: bool = False) -> dict:
     """Render `n_scenes` training scenes into out/scenes and write shards to out/shards (skipped when the
-    manifest already exists). `recolour`: chance that an emoji is drawn hue-rotated (scenes.render_scene).
-    Returns a summary (counts, objects per scene)."""
+    manifest already exists). `recolour`: chance that an emoji is drawn hue-rotated; `describe_colours`: each
+    emoji's phrase names its colours ("a green and brown cactus", scenes.render_scene), and the data stage picks
+    those whole phrases as entities (a vocabulary of them is written to out/entities.txt), so a UNIMO-G prompt
+    replaces the colour words with the picture too. Returns a summary (counts, objects per scene)."""
     scenes_dir, shard_dir = out / "scenes", out / "shards"
     summary_path = out / "data_summary.json"
     if summary_path.exists() and (shard_dir / "manifest.json").exists():
         return json.loads(summary_path.read_text())
     scenes_dir.mkdir(parents=True, exist_ok=True)
-    oracle, rows, n_objects = GroundTruth(), [], []
+    oracle, rows, n_objects, phrases = GroundTruth(), [], [], set()
     for i in range(n_scenes):
         n = random.Random(seed * 1_000_003 + i).randint(1, max_objects)
         scene = render_scene(emoji_dir, seed * 1_000_003 + i, size=size, names=train, n_objects=n, scale=scale,
-                             recolour=recolour)
+                             recolour=recolour, describe_colours=describe_colours)
         oracle.add_scene(scene)
+        phrases.update(o.name for o in scene.objects)
         file = f"scene_{i:05d}.png"
         scene.image.save(scenes_dir / file)
         rows.append(json.dumps({"image": file, "caption": scene.caption}))
         n_objects.append(len(scene.objects))
     write_text_atomic(scenes_dir / "captions.jsonl", "\n".join(rows) + "\n")
-    manifest, _ = stages.run_local(scenes_dir, shard_dir, profile.data, None, oracle, oracle, "ablation")
+    data_cfg = profile.data
+    if describe_colours:
+        write_text_atomic(out / "entities.txt", "\n".join(sorted(phrases)) + "\n")
+        entities = data_cfg.entities.model_copy(update={"vocabulary": str(out / "entities.txt")})
+        data_cfg = data_cfg.model_copy(update={"entities": entities})
+    manifest, _ = stages.run_local(scenes_dir, shard_dir, data_cfg, None, oracle, oracle, "ablation")
     if manifest.written != n_scenes:
         raise RuntimeError(f"data stage wrote {manifest.written} of {n_scenes} scenes (see {shard_dir})")
     summary = {"scenes": n_scenes, "written": manifest.written, "size": size,
                "objects": {str(k): n_objects.count(k) for k in sorted(set(n_objects))},
                "train_subjects": len(train), "background_colours": sorted(PLAIN), "scale": list(scale),
-               "recolour": recolour}
+               "recolour": recolour, "describe_colours": describe_colours}
     write_text_atomic(summary_path, json.dumps(summary, indent=1, sort_keys=True) + "\n")  # the "done" marker
     return summary
 

@@ -23,8 +23,8 @@ A CPU-scale version of UNIMO-G's ablation (Tables 2–3: "w/o Tuning", "w/o Visu
 It is a runnable experiment, not part of CI; `tests/test_ablation_smoke.py` runs its plumbing with 1–2 steps.
 
 ```
-python bench/ablation.py --steps-pretrain 1000 --steps-tune 2000 --train-subjects 16 --seeds 0 1 2 --threads 2 \
-    --samples 4 --out runs/ablation --write-docs      # --prompt-mode unimo --recolour 0.5 are the defaults
+python bench/ablation.py --steps-pretrain 1000 --steps-tune 2000 --seeds 0 1 2 --threads 2 --samples 4 \
+    --out runs/ablation --write-docs    # defaults: --prompt-mode unimo --recolour 0.5 --captions colours --mllm-steps 1000
 python bench/ablation_report.py runs/ablation/results.json      # (re)writes this file
 ```
 
@@ -32,13 +32,22 @@ python bench/ablation_report.py runs/ablation/results.json      # (re)writes thi
 
 - **Data.** Composed emoji scenes (`mumu.data.scenes.render_scene`, 128 px): 1 to `--max-objects` emoji (default
   1, at 0.5–0.7 of the side, as the default run's `mumu/samples/train`) on a plain or gradient background,
-  caption from their names ("a cactus on a blue background"), boxes and masks exact. With probability
-  `--recolour` (0.5) an emoji is drawn with its hue rotated by 60–300°: its name then does not tell its colours,
-  only its picture does, so tuning must read the prompt image rather than recall the subject from its name.
+  boxes and masks exact. With probability `--recolour` (0.5) an emoji is drawn with its hue rotated by 60–300°:
+  its name then does not tell its colours. The caption names each emoji by the colours it is drawn in and its name
+  (`--captions colours`: "a green and brown cactus on a blue background", `mumu.data.scenes.colour_words`), as a
+  real caption would; the data stage takes the whole phrase as the entity, so a UNIMO-G prompt replaces colours and
+  name with the picture, and tuning must read the colours from the image.
   They go through the real data stage (`mumu.data.stages.run_local`) with the `GroundTruth` oracle as detector
   and segmenter, so the shards hold MUMU and UNIMO-G prompts with the exact crops, segments and masks. 8 of the 72 subjects are
   **held out** (never in a training scene); training draws from `--train-subjects` of the other 64 (all by
   default; fewer subjects are each seen more often in the same budget).
+- **The toy's pretrained MLLM** (`bench/ablation_mllm.py`, `--mllm-steps` 1000, shared by every arm and seed):
+  UNIMO-G's (a) reads images through an MLLM pretrained on image-text data; the toy's Idefics2 has random weights,
+  so nothing would let a model never tuned on image prompts read one. A LLaVA-style alignment stage (language model
+  frozen) trains the vision tower, modality projection and image-feature norm so that each of a picture's 4 image
+  tokens (a quadrant) lands on the input embedding of the word naming that quadrant's colour; on hue-rotated
+  pictures of the *training* subjects only. Every arm loads the saved Idefics2 through the real loading path
+  (`model.encoder.model.pretrained`) and keeps its vision tower frozen.
 - **Model.** `mumu/profiles/ablation.yaml`: the tiny profile (its recipe: v-prediction on a zero-terminal-SNR
   schedule, the resampler's norm on image features, and the VAE fitted on the bundled samples,
   `bundled:tiny_vae`; docs/recipe.md) with a wider connector (64) and UNet cross-attention (64), 64 px images,
@@ -52,9 +61,8 @@ python bench/ablation_report.py runs/ablation/results.json      # (re)writes thi
 - **Evaluation prompts**, in the tuning prompts' form: "a <image> on a *colour* background" (the subject's emoji
   as the image, on white, in place of its name; `--prompt-mode mumu`: "a <image> *name* on ..."), one seeded
   plain background colour per subject: the 8 held-out subjects and 8 seen subjects; `--samples` (4) samples per
-  prompt, DDIM 10 steps, guidance 3. Without its name, a subject can only come from its image. The toy's
-  Idefics2 has random weights and never learnt to read images before tuning, so (a), which never saw an image
-  prompt, is expected at chance: UNIMO-G's w/o-Tuning model reads images through its pretrained MLLM.
+  prompt, DDIM 10 steps, guidance 3. Without its name or colours in words, a subject can only come from its image:
+  (a), never trained on an image prompt, gets it only through what the aligned MLLM makes of the picture.
 
 ## Metrics, and why these
 
@@ -104,7 +112,8 @@ def render(result: dict, run_dir: Path | None = None) -> str:
     lines += [(f"N = {b['steps_pretrain']} stage-1 steps, M = {b['steps_tune']} tuning steps, batch {b['batch_size']}, "
               f"seeds {b['seeds']}; {b['scenes']} training scenes of {b.get('train_subjects', 64)} subjects "
               f"({b.get('heldout_subjects', 8)} held out), {b.get('recolour', 0.0)} of their emoji recoloured; "
-              f"{b.get('prompt_mode', 'mumu')} prompts. Mean ± std over seeds."), "", result["table"], ""]
+              f"{b.get('prompt_mode', 'mumu')} prompts; captions: {b.get('captions', 'names')}; "
+              f"{_mllm(b.get('mllm'))}. Mean ± std over seeds."), "", result["table"], ""]
     lines += ["Order of the arms' means (higher first):", ""]
     for key in ("heldout/identified", "heldout/margin", "seen/identified", "seen/margin", "all/adherence"):
         lines.append(f"- {key}: {_ordering(per_seed, key)}")
@@ -112,7 +121,8 @@ def render(result: dict, run_dir: Path | None = None) -> str:
               (f"- machine: {b['cpu']}, {b['cores']} cores shared with other work; {b['jobs']} seed process(es) "
               f"in parallel, {b['threads']} torch thread(s) each"),
               (f"- total wall time {b['total_seconds'] / 60:.1f} min: data stage {b['data_seconds']:.0f} s, "
-              f"training {b['train_seconds']:.0f} s, generation + scoring {b['eval_seconds']:.0f} s; VAE {b['vae']}"),
+              f"{_mllm_seconds(b.get('mllm'))}training {b['train_seconds']:.0f} s, generation + scoring "
+              f"{b['eval_seconds']:.0f} s; VAE {b['vae']}"),
               "- wall time per arm and seed, stage 1 included (s): "
               + "; ".join(f"({a}) {v}" for a, v in b["arm_seconds"].items()), ""]
     lines += ["### Per seed", "",
@@ -126,9 +136,20 @@ def render(result: dict, run_dir: Path | None = None) -> str:
             attn = "—" if info["attn_mean"] is None else f"{info['attn_mean']:.3f} (weight {info['attn_weight']})"
             lines.append(f"| {s} | ({a}) | {info['final_loss']:.3f} | {attn} | {sc['heldout/identified']:.3f} | "
                          f"{sc['seen/identified']:.3f} | {sc['all/adherence']:.3f} | {_spread(run_dir, s, a, result)} |")
-    lines += ["", ("Samples: `runs/ablation/seed-*/samples-{a,b,c}.png` (one row per prompt, in the order of "
+    lines += ["", (f"Samples: `{run_dir or 'runs/ablation'}/seed-*/samples-{{a,b,c}}.png` (one row per prompt, in the order of "
               "`results.json` \"prompts\")."), ""]
     return "\n".join(lines)
+
+
+def _mllm(m: dict | None) -> str:
+    if not m:
+        return "random-weight Idefics2 (no alignment stage)"
+    return (f"Idefics2 aligned for {m['steps']} steps (colour-word accuracy of its image tokens {m['word_accuracy_train']:.2f} "
+            f"on training subjects, {m['word_accuracy_heldout']:.2f} on held-out ones, chance {m['word_chance']:.2f})")
+
+
+def _mllm_seconds(m: dict | None) -> str:
+    return f"MLLM alignment {m['seconds']:.0f} s, " if m else ""
 
 
 def _spread(run_dir: Path | None, seed: str, arm: str, result: dict) -> str:

@@ -16,6 +16,7 @@ import ablation
 import ablation_metrics as M
 
 from mumu import SAMPLES_DIR
+from mumu.data.scenes import COLOUR_NAMES
 
 EMOJI = SAMPLES_DIR.parent / "emoji"
 
@@ -25,7 +26,7 @@ def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
     res = ablation.main(["--steps-pretrain", "2", "--steps-tune", "1", "--seeds", "0", "1", "--scenes", "12",
                          "--samples", "1", "--sample-steps", "2", "--heldout", "2", "--seen", "1",
-                         "--out", str(out)])
+                         "--mllm-steps", "3", "--out", str(out)])
     return out, res
 
 
@@ -65,6 +66,15 @@ def test_arms_train_different_things_with_the_same_budget(result):
         assert b["attn_weight"] == 0.0 and b["attn_mean"] == 0.0
         assert c["attn_weight"] > 0 and c["attn_mean"] > 0
     assert res["budget"]["steps_pretrain"] == 2 and res["budget"]["steps_tune"] == 1
+    # every arm of every seed reads prompts through the one aligned toy MLLM, loaded from where it was saved
+    assert res["budget"]["mllm"]["steps"] == 3 and res["budget"]["captions"] == "colours"
+    for seed in ("0", "1"):
+        for arm in "abc":
+            saved = json.loads((Path(res["arms"][seed][arm]["model_dir"]) / "mumu_config.json").read_text())
+            assert saved["model"]["encoder"]["model"]["pretrained"] == str(out / "mllm" / "model")
+    # training captions name each emoji's colours, and the data stage took the whole phrase as the entity
+    phrases = (out / "data" / "entities.txt").read_text().split("\n")
+    assert phrases[0] and all(p.split()[0] in COLOUR_NAMES for p in phrases if p)
 
 
 def test_colour_metrics_rank_the_right_subject_and_background():
