@@ -11,6 +11,7 @@ from mumu.config.eval import BenchmarkConfig
 from mumu.errors import UserError
 from mumu.eval.benchmarks import ImageRef, build_benchmarks, eval_config_for
 from mumu.eval.dreambench import parse_prompts_and_classes
+from tests.eval_fakes import CountingGenerator, PixelEncoders
 
 CLASSES = {
     "backpack": "backpack", "backpack_dog": "backpack", "bear_plushie": "stuffed animal", "berry_bowl": "bowl",
@@ -117,8 +118,6 @@ def test_bad_dreambench_files_are_one_line_errors(tmp_path):
 
 
 def test_in_process_evaluation_follows_the_dreambench_protocol(tmp_path):
-    from tests.test_eval_runner import CountingGenerator, PixelEncoders
-
     from mumu.eval.runner import evaluate
 
     root = make_repository(tmp_path / "dreambooth", {"backpack_dog": 1, "cat2": 1})
