@@ -7,7 +7,11 @@ Per seed, with the same budget (N + M optimizer steps of batch `train.*.batch_si
                        (= stage 1's N-step run resumed from its last checkpoint for M more steps);
   (b) "w/o VisualEnh": stage 1 (N steps, the same model as (a) at step N) + tuning, train.tune.attn_loss.weight=0;
   (c) "full":          the same stage 1 + tuning with the attention-mask loss (the profile's weight > 0).
-Data: emoji scenes (bench/ablation_data.py); the tiny profile's recipe and fitted VAE (mumu/profiles/tiny.yaml);
+Before the seeds, the toy's Idefics2 is aligned once so that its image tokens read as colour words
+(bench/ablation_mllm.py, the stand-in for UNIMO-G's pretrained MLLM; --mllm-steps 0 keeps the random one), and every
+arm loads it.
+Data: emoji scenes captioned with their colours and names (bench/ablation_data.py); the tiny profile's recipe and
+fitted VAE (mumu/profiles/tiny.yaml);
 scores: subject identification among all evaluated subjects (mumu/eval/identify.py, with its chance level),
 colour-histogram subject fidelity and background adherence (bench/ablation_metrics.py), on held-out subjects
 and on new prompts of seen subjects. Not part of CI (tests/test_ablation_smoke.py runs the

@@ -1,7 +1,7 @@
 """Data of the toy ablation (bench/ablation.py): composed emoji scenes → shards, and held-out eval prompts.
 
 Training scenes come from mumu.data.scenes.render_scene over the *training* subjects only (1–3 emoji on a
-plain or gradient background, caption from their names, exact boxes and masks) and go through the real
+plain or gradient background, caption from their names or their colours and names, exact boxes and masks) and go through the real
 data stage (mumu.data.stages.run_local) with the GroundTruth oracle as detector and segmenter, so the
 shards hold exactly what the pipeline would write with perfect detection and segmentation.
 
