@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mumu.data.scenes import COLOUR_NAMES, _emoji_path, nearest_colour_names, rotate_hue
+from mumu.data.scenes import COLOUR_NAMES, _emoji_path, colour_words, rotate_hue
 from mumu.io import write_text_atomic
 
 GRID = 2  # image tokens per side (the ablation profile's image_tokens = 4)
@@ -39,21 +39,16 @@ def quadrant_words(image: Image.Image, grid: int = GRID, min_share: float = 0.05
     """Row-major, per cell of a grid x grid split of an RGBA picture: the colour name most of the cell's opaque
     pixels are nearest to. A cell with under `min_share` opaque pixels takes the whole picture's colour (it is
     background, on white: the word would otherwise be "white" for every small subject)."""
-    arr = np.asarray(image.convert("RGBA"))
-    opaque = arr[:, :, 3] > 127
-    names = nearest_colour_names(arr[:, :, :3])
-    words = list(COLOUR_NAMES)
-    overall = words[int(np.bincount(names[opaque], minlength=len(words)).argmax())]
+    image = image.convert("RGBA")
+    opaque = np.asarray(image.getchannel("A")) > 127
+    overall = colour_words(image, max_words=1)[0]
     h, w = opaque.shape
     out = []
     for r in range(grid):
         for c in range(grid):
-            ys, xs = slice(r * h // grid, (r + 1) * h // grid), slice(c * w // grid, (c + 1) * w // grid)
-            cell = opaque[ys, xs]
-            if cell.mean() < min_share:
-                out.append(overall)
-            else:
-                out.append(words[int(np.bincount(names[ys, xs][cell], minlength=len(words)).argmax())])
+            box = (c * w // grid, r * h // grid, (c + 1) * w // grid, (r + 1) * h // grid)
+            cell_opaque = opaque[box[1]:box[3], box[0]:box[2]].mean()
+            out.append(overall if cell_opaque < min_share else colour_words(image.crop(box), max_words=1)[0])
     return out
 
 
