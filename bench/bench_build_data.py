@@ -1,23 +1,26 @@
 """build-data throughput: the Prefect flow vs the bare model calls it wraps, in one process.
 
-    python bench/bench_build_data.py [--images 192] [--images-per-shard N] [--repeats 2]
+    python bench/bench_build_data.py [--images 768] [--repeats 5] [--variants ...] [--shards-per-task N]
 
 Prints images/s of the bare model calls (captioner on the uncaptioned images, detector on all, segmenter on the
-boxes; per shard, as the flow calls them), of the stage functions without Prefect, and of the flow in several
-forms, each lever on its own (all warm: API started, models in the task cache):
+boxes; per shard, as the flow calls them), and of the variants chosen, each lever on its own (all warm: API
+started, models in the task cache):
   stages-png6    the stage functions in one thread (stages.run_local), PNGs at Pillow's default zlib level 6
   stages         the same at the profile's level (1 in tiny)
-  stages+wb      stages, each shard written on a second thread while the next goes through the models
+  stages+wb      stages, each shard written on a background thread while the next goes through the models
                  (runtime.write_behind)
+  stages+wb+ra   stages+wb, and the next shard ingested on the same thread (runtime.read_ahead)
   per-stage      the build-shards subflow as it was: one task run per stage and shard (7 per shard)
   per-shard      one build-shard-group run per shard (runtime.shards_per_task=1)
   grouped-png6   the profile's runtime.shards_per_task shards per run (at least as many runs as run at once), PNG level 6
   grouped        the same at the profile's PNG level
   grouped+wb     grouped, with runtime.write_behind
-  grouped+wb+ra  grouped+wb, with runtime.read_ahead (the next shard ingested on a second thread); stages+wb+ra alike
-Every variant sets runtime.write_behind and read_ahead itself (off unless "+wb" / "+ra"), whatever the profile says. Repeats are
-interleaved and the best of each is kept (other processes share the machine). Then shard-write MB/s against a
-raw tarfile write of the same member bytes, and peak RSS.
+  grouped+wb+ra  grouped+wb, with runtime.read_ahead: the flow as the tiny profile runs it
+Every variant sets runtime.write_behind and read_ahead itself (off unless "+wb" / "+ra"), whatever the profile
+says. NAME@N: NAME at runtime.shards_per_task=N. Each variant is timed right after a bare run, and its ratio is the median over the repeats of those pairs
+(the machine's speed drifts within a minute; a best-of per side can pair a fast minute's bare run with a slow
+one's flow). Then the flow's fixed cost, shard-write MB/s against a raw tarfile write of the same member bytes,
+and peak RSS.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import tarfile
 import tempfile
 import time
@@ -197,13 +201,16 @@ def write_rates(inputs: Path, out: Path, cfg) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=192)
+    parser.add_argument("--images", type=int, default=768)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (both sides)")
     parser.add_argument("--images-per-shard", type=int, default=None,
                         help="override data.ingest.images_per_shard (default: the tiny profile's)")
     parser.add_argument("--shards-per-task", type=int, default=None,
                         help="override runtime.shards_per_task (default: the tiny profile's)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, type=_variant,
+                        help="what to time against the bare model calls, among " + ", ".join(VARIANTS) + "; NAME@N "
+                             "runs NAME at runtime.shards_per_task=N (default: %(default)s)")
     args = parser.parse_args()
     base = {"data.ingest.images_per_shard": args.images_per_shard} if args.images_per_shard else {}
     if args.shards_per_task:
@@ -211,54 +218,83 @@ def main() -> None:
     base["runtime.write_behind"] = base["runtime.read_ahead"] = False
     cfg = load_profile("tiny", base)
     torch.set_num_threads(args.threads)
-    png6 = {**base, "data.write.png_compress_level": 6}
-    behind = {**base, "runtime.write_behind": True}
-    both = {**behind, "runtime.read_ahead": True}
-    plain = {"stages-png6": load_profile("tiny", png6), "stages": cfg, "stages+wb": load_profile("tiny", behind),
-             "stages+wb+ra": load_profile("tiny", both)}
-    variants = {
-        "per-stage": (base, per_stage_flow()),
-        "per-shard": ({**base, "runtime.shards_per_task": 1}, None),
-        "grouped-png6": (png6, None),
-        "grouped": (base, None),
-        "grouped+wb": (behind, None),
-        "grouped+wb+ra": (both, None),
-    }
-    best: dict[str, float] = {}
+    chosen = {}
+    for name in args.variants:
+        kind, overrides, per_stage = VARIANTS[name.split("@")[0]](base)
+        if "@" in name:
+            overrides = {**overrides, "runtime.shards_per_task": int(name.split("@")[1])}
+        chosen[name] = (kind, overrides, per_stage)
+    ratios: dict[str, list[float]] = {name: [] for name in chosen}
+    seconds: dict[str, list[float]] = {name: [] for name in ["bare", *chosen]}
     n = args.images
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_inputs(tmp / "in", n)
         models = load_models(cfg)
         make_inputs(tmp / "warm-in", 4)
-        for overrides, per_stage in variants.values():  # warm: API, models, each flow's first run
-            flow_seconds(tmp / "warm-in", tmp / f"warm-{len(list(tmp.iterdir()))}", overrides, per_stage)
+        for name, (kind, overrides, _) in chosen.items():  # warm: API, models, each flow's first run
+            if kind != "stages":
+                flow_seconds(tmp / "warm-in", tmp / f"warm-{name}", overrides, chosen[name][2])
         for r in range(args.repeats):
-            runs = {"bare": lambda: bare_model_seconds(tmp / "in", cfg, models)}
-            for name, c in plain.items():
-                runs[name] = lambda c=c, nm=name: stages_seconds(tmp / "in", tmp / f"{nm}-{r}", c, models)
-            for name, (overrides, per_stage) in variants.items():
-                runs[name] = lambda o=overrides, p=per_stage, nm=name: flow_seconds(tmp / "in", tmp / f"{nm}-{r}", o, p)
-            for name, run in runs.items():
-                best[name] = min(best.get(name, float("inf")), run())
-            # The flow's fixed cost: a re-run with every shard finished (its flow runs, plan, manifest, artifact,
-            # event).
-            fixed = flow_seconds(tmp / "in", tmp / f"grouped-{r}", variants["grouped"][0])
-            best["fixed"] = min(best.get("fixed", float("inf")), fixed)
+            for name, (kind, overrides, per_stage) in chosen.items():
+                # Each variant right after its own bare run: the machine's speed drifts by up to a third within a
+                # minute (bare calls 5.9-8.2 s in one process), so only back-to-back pairs are comparable.
+                bare = bare_model_seconds(tmp / "in", cfg, models)
+                out = tmp / f"{name}-{r}"
+                took = (stages_seconds(tmp / "in", out, load_profile("tiny", overrides), models) if kind == "stages"
+                        else flow_seconds(tmp / "in", out, overrides, per_stage))
+                ratios[name].append(bare / took)
+                seconds["bare"].append(bare)
+                seconds[name].append(took)
+        # The flow's fixed cost: a re-run with every shard finished (its flow runs, plan, manifest, artifact, event).
+        flowed = [name for name in chosen if chosen[name][0] == "flow"]
+        fixed = min(flow_seconds(tmp / "in", tmp / f"{flowed[0]}-0", chosen[flowed[0]][1]) for _ in range(3)) \
+            if flowed else 0.0
         ours, tar_only, raw = write_rates(tmp / "in", tmp / "write", cfg)
     per_shard = cfg.data.ingest.images_per_shard
-    print(f"{n} images, {per_shard} images per shard, best of {args.repeats}; load average {os.getloadavg()[0]:.1f}")
-    fixed = best.pop("fixed")
-    for name, seconds in best.items():
-        ratio = best["bare"] / seconds
-        print(f"  {name:14s} {n / seconds:8.2f} images/s ({seconds:.2f} s)  {ratio:.2f}x the bare model calls")
-    for name in ("grouped", "grouped+wb", "grouped+wb+ra"):
-        flowed = best[name]
-        print(f"ratio flow/bare throughput: {best['bare'] / flowed:.2f}x ({name}; target >= 0.8); without the flow's "
-              f"fixed cost {fixed:.2f} s (all shards done) {best['bare'] / (flowed - fixed):.2f}x")
+    print(f"{n} images, {per_shard} images per shard, {args.repeats} repeats; load average {os.getloadavg()[0]:.1f}")
+    print(f"  bare model calls: median {statistics.median(seconds['bare']):.2f} s "
+          f"({min(seconds['bare']):.2f}-{max(seconds['bare']):.2f})")
+    for name, rs in ratios.items():
+        took = statistics.median(seconds[name])
+        print(f"  {name:14s} {n / took:8.2f} images/s (median {took:.2f} s)  {statistics.median(rs):.2f}x the bare "
+              f"model calls (median of pairs; {min(rs):.2f}-{max(rs):.2f})")
+    if flowed:
+        print(f"the flow's fixed cost (a re-run with every shard done): {fixed:.2f} s; target for the profile's flow "
+              f"(grouped+wb+ra): >= 0.8x")
     print(f"shard write: {ours:.1f} MB/s including PNG encoding; {tar_only:.1f} MB/s without it, vs a raw "
           f"tarfile write of the same bytes {raw:.1f} MB/s (ratio {tar_only / raw:.2f})")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+def _variants() -> dict:
+    """name → (base overrides → ("stages" | "flow", overrides, per-stage flow or None))."""
+    def stages_(**extra):
+        return lambda base: ("stages", {**base, **extra}, None)
+
+    def flow_(per_stage=False, **extra):
+        return lambda base: ("flow", {**base, **extra}, per_stage_flow() if per_stage else None)
+
+    wb, ra, png6 = "runtime.write_behind", "runtime.read_ahead", "data.write.png_compress_level"
+
+    return {
+        "stages-png6": stages_(**{png6: 6}), "stages": stages_(), "stages+wb": stages_(**{wb: True}),
+        "stages+wb+ra": stages_(**{wb: True, ra: True}),
+        "per-stage": flow_(per_stage=True), "per-shard": flow_(**{"runtime.shards_per_task": 1}),
+        "grouped-png6": flow_(**{png6: 6}), "grouped": flow_(), "grouped+wb": flow_(**{wb: True}),
+        "grouped+wb+ra": flow_(**{wb: True, ra: True}),
+    }
+
+
+VARIANTS = _variants()
+
+
+def _variant(name: str) -> str:
+    base, _, per_task = name.partition("@")
+    if base not in VARIANTS or (per_task and not per_task.isdigit()):
+        raise argparse.ArgumentTypeError(f"unknown variant {name!r}")
+    return name
+DEFAULT_VARIANTS = ["stages", "stages+wb+ra", "grouped+wb+ra", "grouped+wb+ra@1000"]
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from mumu.config import config_hash, load_profile
 from mumu.config.data import DataConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.data import stages
+from mumu.data.shards import report_path
 from mumu.runs import write_run_config
 from tasks import data as t
 from tasks.common import retry_options
@@ -68,4 +69,5 @@ def build_shards(todo: list[stages.InputShard], out: str, data: DataConfig, runt
     retry = retry_options(runtime)
     written = t.build_shard_group.with_options(**retry).map(shard_groups(todo, runtime), unmapped(out),
                                                             unmapped(data), unmapped(runtime))
-    return gather_shard_groups(written, len(todo) + already_done, already_done, "build-data shards")
+    return gather_shard_groups(written, len(todo) + already_done, already_done, "build-data shards",
+                               [report_path(out, s.index) for s in todo])

@@ -23,7 +23,7 @@ from mumu.config.runtime import RuntimeConfig
 from mumu.config.train import FeaturesConfig
 from mumu.runs import write_run_config
 from mumu.train.feature_stage import CachePlan
-from mumu.train.features import sidecar_done
+from mumu.train.features import sidecar_done, sidecar_report_path
 from tasks import features as t
 from tasks.common import retry_options
 
@@ -66,4 +66,5 @@ def cache_shards(plan: CachePlan, todo: list, model: ModelConfig, features: Feat
     groups = shard_groups(todo, runtime)
     futures = t.cache_shard_group.with_options(**retry).map(unmapped(plan), groups, unmapped(model),
                                                             unmapped(features), unmapped(runtime))
-    return gather_shard_groups(futures, len(todo) + already_done, already_done, "cache-features shards")
+    return gather_shard_groups(futures, len(todo) + already_done, already_done, "cache-features shards",
+                               [sidecar_report_path(plan.folder, s.shard) for s in todo])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -50,16 +52,43 @@ def task_runner(runtime: RuntimeConfig, per_worker: int | None = None):
     return ThreadPoolTaskRunner(max_workers=concurrent_tasks(runtime, per_worker))
 
 
-def gather_shard_groups(futures, total: int, already_done: int, desc: str) -> list:
+def gather_shard_groups(futures, total: int, already_done: int, desc: str, report_paths: list[Path] = ()) -> list:
     """Results of task runs that each return a list (one report per shard), as they finish, with a progress
-    bar counted in shards."""
-    from prefect.futures import as_completed
+    bar counted in shards. With `report_paths` (the file each shard of these runs writes last), the bar moves
+    as each shard's report appears, not only as a whole run of runtime.shards_per_task shards ends."""
+    from prefect.futures import wait
     from tqdm import tqdm
 
-    reports = []
+    reports, pending = [], list(futures)
+    watch = _NewFiles(report_paths)
     with tqdm(total=total, initial=already_done, desc=desc, unit="shard") as bar:
-        for future in as_completed(futures):
-            done = future.result()
-            reports.extend(done)
-            bar.update(len(done))
+        while pending:
+            done, not_done = wait(pending, timeout=watch.interval)
+            for future in done:
+                reports.extend(future.result())
+            pending = list(not_done)
+            bar.update(already_done + max(len(reports), watch.count()) - bar.n)
     return reports
+
+
+class _NewFiles:
+    """How many of `paths` were written since this was made. Each count stats only the paths not seen yet, and
+    the time between counts grows with what a count costs (a shared file system with many shards)."""
+
+    def __init__(self, paths: list[Path]):
+        self.started, self.unseen, self.seen, self.interval = time.time(), list(paths), 0, 0.5
+
+    def count(self) -> int:
+        begin = time.perf_counter()
+        still = []
+        for path in self.unseen:
+            try:
+                fresh = path.stat().st_mtime >= self.started
+            except OSError:
+                fresh = False
+            if not fresh:
+                still.append(path)
+        self.seen += len(self.unseen) - len(still)
+        self.unseen = still
+        self.interval = max(0.5, 20 * (time.perf_counter() - begin))
+        return self.seen

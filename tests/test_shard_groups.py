@@ -112,10 +112,10 @@ def test_reading_ahead_gives_the_same_bytes_and_an_ingest_error_surfaces_at_its_
     ahead = tmp_path / "ahead"
 
     real_ingest, real_compose = stages.ingest, stages.compose_ingested
-    threads, started, overlapped = set(), {}, []
+    threads, started, overlapped = {}, {}, []
 
     def ingest(shard, icfg):
-        threads.add(threading.current_thread().name)
+        threads[shard.index] = threading.current_thread().name
         started.setdefault(shard.index, threading.Event()).set()
         if shard.index == 2 and failing:
             raise OSError(5, "Input/output error")
@@ -134,7 +134,8 @@ def test_reading_ahead_gives_the_same_bytes_and_an_ingest_error_surfaces_at_its_
     reports = stages.run_shards(shards, ahead, cfg, None, oracle, oracle, ran, write_behind=True, read_ahead=True)
     assert ran == [0, 1, 2, 3] and [r.shard for r in reports] == [0, 1, 2, 3]
     assert {p.name: p.read_bytes() for p in ahead.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
-    assert threads == {"read-shard_0"} and overlapped == [True, True, True]
+    assert threads == {0: "shard-io_0", 1: "shard-io_0", 2: "shard-io_0", 3: "shard-io_0"}
+    assert overlapped == [True, True, True]
 
     failing = True
     started.clear()
@@ -164,3 +165,39 @@ def test_every_png_level_decodes_to_the_same_pixels(mode):
         assert data == encode_image(image, "png", png_compress_level=level)  # deterministic
         sizes[level] = len(data)
     assert sizes[0] > sizes[1] >= sizes[9]  # level 0 stores, the others deflate
+
+
+def test_the_progress_bar_moves_per_shard_report_within_one_task_run(tmp_path, monkeypatch):
+    import os
+    import time
+
+    import tqdm as tqdm_module
+    from prefect import flow, task
+
+    from flows.runners import gather_shard_groups
+
+    shown = []
+
+    class Bar(tqdm_module.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            shown.append(self.n)
+
+    monkeypatch.setattr(tqdm_module, "tqdm", Bar)
+    paths = [tmp_path / f"shard-{i}.report.json" for i in range(3)]
+    paths[0].write_text("{}")  # a report from an earlier run: not this run's progress
+    os.utime(paths[0], (0, 0))
+
+    @task
+    def build_group(group):
+        for path in group:
+            time.sleep(1.0)
+            path.write_text("{}")
+        return [path.name for path in group]
+
+    @flow
+    def build():
+        return gather_shard_groups(build_group.map([paths]), 4, 1, "shards", paths)  # one run of three shards
+
+    assert build() == [p.name for p in paths]
+    assert shown[-1] == 4 and set(shown) & {2, 3}  # it moved before the run's end, counting from the one done

@@ -348,29 +348,33 @@ def run_shards(shards: Sequence[InputShard], out_dir, cfg: DataConfig, captioner
     """`run_shard` on each shard whose report does not exist yet (what one task run of the flow does: a retried
     run redoes only its unfinished shards); the index of each shard run now is appended to `ran`.
 
-    Both options keep the single-threaded models busy by giving a core they leave idle the rest of the work:
-    read_ahead: the next shard is ingested (inputs read, decoded, resized) on a second thread while this one is
-    in the models; an ingest error surfaces when its shard's turn comes, as without it.
-    write_behind: each shard is written (PNG encoding, tar, fsync, sha256) on a second thread while the next one
-    goes through the stages before it. A shard's write must finish before the next shard is handed over: its
-    error surfaces there, and no more than two shards' images are held. Whatever ends the run, a write in
-    progress finishes first (leaving its report, or nothing) before the error propagates, so a retry never
-    races it for the same files."""
+    Both options keep the single-threaded models busy by giving a core they leave idle the rest of the work, on
+    one background thread for both (in order: a shard's write, then the next shard's ingest):
+    read_ahead: the next shard is ingested (inputs read, decoded, resized) there while this one is in the models;
+    an ingest error surfaces when its shard's turn comes, as without it.
+    write_behind: each shard is written (PNG encoding, tar, fsync, sha256) there while the next one goes through
+    the stages before it. A shard's write must finish before the next shard is handed over: its error surfaces
+    there, and no more than two shards' images are held. Whatever ends the run, a write in progress finishes
+    first (leaving its report, or nothing) before the error propagates, so a retry never races it for the same
+    files.
+    One thread, not one each: a background thread running Python when a model op ends keeps the GIL the model
+    waits for (up to the interpreter's 5 ms switch interval, at each of the tiny models' thousands of small ops a
+    shard), so a second one only adds waits; on 2 cores the two never had a core each beside the models anyway
+    (docs/figures.md: build-data)."""
     config_hash = hash_config(cfg)
     reports: dict[int, ShardReport | Future] = {
         s.index: r for s in shards if (r := shard_done(out_dir, s.index, s, config_hash)) is not None}
     todo = [s for s in shards if s.index not in reports]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-shard") as writer, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-shard") as reader:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-io") as worker:
         pending: Future | None = None
-        for shard, ingested in zip(todo, _ingested(todo, cfg, reader if read_ahead else None)):
+        for shard, ingested in zip(todo, _ingested(todo, cfg, worker if read_ahead else None)):
             work = compose_ingested(ingested, cfg, captioner, detector, segmenter)
             if ran is not None:
                 ran.append(shard.index)
             if write_behind:
                 if pending is not None:
                     pending.result()
-                reports[shard.index] = pending = writer.submit(write, work, out_dir, cfg)
+                reports[shard.index] = pending = worker.submit(write, work, out_dir, cfg)
             else:
                 reports[shard.index] = write(work, out_dir, cfg)
     return [r.result() if isinstance(r, Future) else r for r in (reports[s.index] for s in shards)]
