@@ -87,7 +87,7 @@ def bare_seconds(data: Path, cfg) -> float:
             for i in range(0, len(pixels), n):
                 vae_posterior(parts.vae, pixels[i:i + n])
             for i in range(0, len(crops) if parts.image_kinds else 0, n):
-                parts.encoder.vision_grids(*parts.encoder.preprocess_images(crops[i:i + n]))
+                parts.vision.grids(*parts.vision.preprocess(crops[i:i + n]))
             for batch in prompts.values():
                 for i in range(0, len(batch), n):
                     parts.encoder(parts.encoder.tokenize(batch[i:i + n]))

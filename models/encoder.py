@@ -28,6 +28,7 @@ from mumu.config.model import EncoderConfig
 from mumu.errors import UserError
 from models.cached import CachedFeatures, pad_grids
 from models.hf import build_idefics2
+from models.vision_tower import VisionTower, real_patch_grids
 
 Prompt = list  # list[str | PIL.Image.Image]
 
@@ -100,9 +101,8 @@ class PromptEncoder(nn.Module):
         if model is None:
             model, processor = build_idefics2(cfg.model, model_cls=Idefics2Model)
         self.model, self.processor = model, processor
-        # One crop is one entity: no 4+1 splitting; with the resampler bypassed each image is
-        # `image_tokens` pooled tokens, so the processor must emit that many.
-        self.processor.image_processor.do_image_splitting = False
+        self.vision = VisionTower(model.vision_model, processor.image_processor)  # no splitting: one crop, one entity
+        # With the resampler bypassed each image is `image_tokens` pooled tokens, so the processor must emit that many.
         if cfg.bypass_resampler:
             self.processor.image_seq_len = cfg.image_tokens
         self.image_seq_len = self.processor.image_seq_len
@@ -215,10 +215,7 @@ class PromptEncoder(nn.Module):
 
     def preprocess_images(self, images: list[PIL.Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt images -> (pixel_values [N, 3, H, W] padded to the largest, pixel mask [N, H, W] bool)."""
-        out = self.processor.image_processor([[im.convert("RGB")] for im in images], return_tensors="pt")
-        pixel_values = out["pixel_values"][:, 0]
-        pam = out.get("pixel_attention_mask")
-        return pixel_values, (pam[:, 0] if pam is not None else torch.ones_like(pixel_values[:, 0])).bool()
+        return self.vision.preprocess(images)
 
     def _cached_states(self, features: CachedFeatures | None, ids: list[int]) -> torch.Tensor | None:
         """The cached hidden states of a prompt tokenized to `ids`, or None when it has none."""
@@ -232,25 +229,11 @@ class PromptEncoder(nn.Module):
     # --- forward ------------------------------------------------------------------------------------------
     def vision_tower(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, 3, H, W] -> (the vision tower's output [N, Hp*Wp, Dv], [N, Hp, Wp] bool mask of the real patches)."""
-        ps = self.model.config.vision_config.patch_size
-        grid = pixel_mask.unfold(1, ps, ps).unfold(2, ps, ps)
-        patch_mask = grid.sum(dim=(-1, -2)) == ps * ps  # [N, Hp, Wp]: fully-real patches
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_vision):
-            vis = self.model.vision_model(
-                pixel_values=pixel_values.to(self.model.dtype), patch_attention_mask=patch_mask
-            ).last_hidden_state
-        return vis, patch_mask
+        return self.vision(pixel_values, pixel_mask, grad=torch.is_grad_enabled() and not self.cfg.freeze_vision)
 
     def vision_grids(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> list[torch.Tensor]:
-        """Per image, the vision tower's output on its real patches [rows, cols, Dv] (what the feature cache holds:
-        the real patches do not attend to padding, so they do not depend on the batch an image was in)."""
-        vis, patch_mask = self.vision_tower(pixel_values, pixel_mask)
-        n, hp, wp = patch_mask.shape
-        out = []
-        for i in range(n):
-            rows, cols = int(patch_mask[i, :, 0].sum()), int(patch_mask[i, 0, :].sum())  # padding is bottom/right
-            out.append(vis[i].view(hp, wp, -1)[:rows, :cols])
-        return out
+        """Per image, the vision tower's output on its real patches [rows, cols, Dv] (models/vision_tower.py)."""
+        return real_patch_grids(*self.vision_tower(pixel_values, pixel_mask))
 
     def image_features(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] -> [N, image_seq_len, D] in the LM's embedding space."""

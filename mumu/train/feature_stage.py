@@ -65,13 +65,18 @@ class FrozenParts:
     def __init__(self, model: ModelConfig, spec: dict, device: torch.device | str = "cpu"):
         from models.decoder import build_vae
         from models.encoder import PromptEncoder
+        from models.vision_tower import VisionTower
 
         parts = spec["parts"]
         self.resolution, self.device = model.decoder.resolution, torch.device(device)
         self.vae = build_vae(model.decoder).to(self.device).eval().requires_grad_(False) if "latents" in parts else None
         # eval(): the cache holds the deterministic outputs (the frozen parts' dropout rates are all 0 anyway).
-        self.encoder = PromptEncoder(model.encoder).to(self.device).eval() \
-            if "vision" in parts or "prompt" in parts else None
+        # Prompt states need the whole encoder; vision features only its vision tower, loaded alone.
+        self.encoder = PromptEncoder(model.encoder).to(self.device).eval() if "prompt" in parts else None
+        self.vision = None
+        if "vision" in parts:
+            self.vision = self.encoder.vision if self.encoder is not None else VisionTower.load(model.encoder.model)
+            self.vision.module.to(self.device).eval()
         self.forms = parts["prompt"]["forms"] if "prompt" in parts else []
         self.image_kinds = parts["vision"]["images"] if "vision" in parts else []
 
@@ -126,8 +131,8 @@ class FrozenParts:
                         images.append((i, seg[2], seg[0]))
         for start in range(0, len(images), batch_size):
             part = images[start:start + batch_size]
-            pixel_values, pixel_mask = self.encoder.preprocess_images([im for _, _, im in part])
-            grids = self.encoder.vision_grids(pixel_values.to(self.device), pixel_mask.to(self.device))
+            pixel_values, pixel_mask = self.vision.preprocess([im for _, _, im in part])
+            grids = self.vision.grids(pixel_values.to(self.device), pixel_mask.to(self.device))
             for (i, ref, _), grid in zip(part, grids):
                 out[i][f"vision/{ref}"] = grid
 
