@@ -72,23 +72,25 @@ def gather_shard_groups(futures, total: int, already_done: int, desc: str, repor
 
 
 class _NewFiles:
-    """How many of `paths` were written since this was made. Each count stats only the paths not seen yet, and
-    the time between counts grows with what a count costs (a shared file system with many shards)."""
+    """How many of `paths` were written since this was made: each one's modification time, compared with its own
+    at the start (not with a clock, so a file server's coarse or skewed times do not matter). Each count stats
+    only the paths not seen yet, and the time between counts grows with what a count costs."""
 
     def __init__(self, paths: list[Path]):
-        self.started, self.unseen, self.seen, self.interval = time.time(), list(paths), 0, 0.5
+        self.before = {path: _mtime(path) for path in paths}
+        self.unseen, self.seen, self.interval = list(paths), 0, 0.5
 
     def count(self) -> int:
         begin = time.perf_counter()
-        still = []
-        for path in self.unseen:
-            try:
-                fresh = path.stat().st_mtime >= self.started
-            except OSError:
-                fresh = False
-            if not fresh:
-                still.append(path)
+        still = [path for path in self.unseen if _mtime(path) in (None, self.before[path])]
         self.seen += len(self.unseen) - len(still)
         self.unseen = still
         self.interval = max(0.5, 20 * (time.perf_counter() - begin))
         return self.seen
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None

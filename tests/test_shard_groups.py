@@ -201,3 +201,19 @@ def test_the_progress_bar_moves_per_shard_report_within_one_task_run(tmp_path, m
 
     assert build() == [p.name for p in paths]
     assert shown[-1] == 4 and set(shown) & {2, 3}  # it moved before the run's end, counting from the one done
+
+
+def test_only_reports_written_since_the_count_began_are_counted(tmp_path):
+    import os
+
+    from flows.runners import _NewFiles
+
+    stale, fresh, never = (tmp_path / f"shard-{i}.report.json" for i in range(3))
+    stale.write_text("{}")
+    os.utime(stale, ns=(2 * 10**18, 2 * 10**18))  # an earlier run's, with a file server's clock far ahead of ours
+    watch = _NewFiles([stale, fresh, never])
+    assert watch.count() == 0
+    fresh.write_text("{}")
+    assert watch.count() == 1
+    stale.write_text("{}")  # rewritten by this run
+    assert watch.count() == 2 and watch.count() == 2
