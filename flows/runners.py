@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import queue
 import time
 from pathlib import Path
 
@@ -56,17 +57,26 @@ def gather_shard_groups(futures, total: int, already_done: int, desc: str, repor
     """Results of task runs that each return a list (one report per shard), as they finish, with a progress
     bar counted in shards. With `report_paths` (the file each shard of these runs writes last), the bar moves
     as each shard's report appears, not only as a whole run of runtime.shards_per_task shards ends."""
-    from prefect.futures import wait
     from tqdm import tqdm
 
-    reports, pending = [], list(futures)
-    watch = _NewFiles(report_paths)
+    # One done-callback per run, registered once (prefect.futures.wait with a timeout would add another to every
+    # pending future at each poll).
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    reports, watch = [], _NewFiles(report_paths)
+
+    def next_finished():
+        try:
+            return finished.get(timeout=watch.interval)
+        except queue.Empty:
+            return None
+
     with tqdm(total=total, initial=already_done, desc=desc, unit="shard") as bar:
-        while pending:
-            done, not_done = wait(pending, timeout=watch.interval)
-            for future in done:
-                reports.extend(future.result())
-            pending = list(not_done)
+        for _ in range(len(futures)):
+            while (future := next_finished()) is None:
+                bar.update(already_done + max(len(reports), watch.count()) - bar.n)
+            reports.extend(future.result())
             bar.update(already_done + max(len(reports), watch.count()) - bar.n)
     return reports
 
