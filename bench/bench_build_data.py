@@ -276,7 +276,6 @@ def _variants() -> dict:
         return lambda base: ("flow", {**base, **extra}, per_stage_flow() if per_stage else None)
 
     wb, ra, png6 = "runtime.write_behind", "runtime.read_ahead", "data.write.png_compress_level"
-
     return {
         "stages-png6": stages_(**{png6: 6}), "stages": stages_(), "stages+wb": stages_(**{wb: True}),
         "stages+wb+ra": stages_(**{wb: True, ra: True}),
@@ -294,6 +293,8 @@ def _variant(name: str) -> str:
     if base not in VARIANTS or (per_task and not per_task.isdigit()):
         raise argparse.ArgumentTypeError(f"unknown variant {name!r}")
     return name
+
+
 DEFAULT_VARIANTS = ["stages", "stages+wb+ra", "grouped+wb+ra", "grouped+wb+ra@1000"]
 
 
