@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mumu.config import ModelSource
-from models.hf import build_idefics2, bundled_idefics2_processor, empty_weights_config, pretrained_kwargs, torch_dtype
+from models.hf import build_idefics2, empty_weights_config, pretrained_kwargs, torch_dtype
 
 # An Idefics2Model's tensors are `vision_model.*`, an Idefics2ForConditionalGeneration's `model.vision_model.*`.
 _VISION_KEYS = {r"^(model\.)?vision_model\.": ""}
@@ -32,24 +32,17 @@ class VisionTower:
 
     @classmethod
     def load(cls, source: ModelSource) -> "VisionTower":
-        """The tower of an Idefics2 source, alone when the source is a checkpoint (or a bundled config's empty
-        weights); a source built from a config is built whole under its seed and its tower kept, so the weights
-        are those the whole model gets."""
-        from transformers import Idefics2Config, Idefics2Processor
+        """The tower of an Idefics2 source, read alone from a checkpoint. Any other source goes through the one
+        Idefics2 builder and keeps its tower: built from a config, the whole model under its seed, so the weights
+        are those the whole model gets; a bundled config under `empty_weights()`, on the meta device (no memory)."""
+        from transformers import Idefics2Model, Idefics2Processor
         from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionTransformer
 
-        bundled = empty_weights_config(source)
-        if bundled is not None:
-            config = Idefics2Config.from_pretrained(bundled)
-            module = Idefics2VisionTransformer(config.vision_config).to(torch_dtype(source.dtype))
-            return cls(module, bundled_idefics2_processor(config).image_processor)
-        if source.is_pretrained:
+        if source.is_pretrained and empty_weights_config(source) is None:
             kwargs = pretrained_kwargs(source)
             module = Idefics2VisionTransformer.from_pretrained(source.location, key_mapping=_VISION_KEYS,
                                                                dtype=torch_dtype(source.dtype), **kwargs)
             return cls(module, Idefics2Processor.from_pretrained(source.location, **kwargs).image_processor)
-        from transformers import Idefics2Model
-
         model, processor = build_idefics2(source, model_cls=Idefics2Model)  # the class the prompt encoder builds
         return cls(model.vision_model, processor.image_processor)
 
