@@ -95,14 +95,22 @@ def save_checkpoint(
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         if final.exists():  # re-saving a step (e.g. after a resume at it): replace
-            shutil.rmtree(final)
+            _remove(final)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old.path, ignore_errors=True)
+        _remove(old.path)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Rename to a temp name, then delete: a kill mid-delete leaves a `.tmp-` folder that clean_partial removes,
+    never a half-deleted checkpoint folder that no listing counts and nothing prunes."""
+    doomed = path.with_name(f".tmp-removing-{path.name}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[Checkpoint]:
