@@ -1,7 +1,8 @@
 """cache-features: the outputs of the model's frozen parts, computed once per sample (DATA/features/<key>/).
 
-    plan-cache ──▶ cache-shards (a subflow on the profile's task runner: cache-shard-group mapped over
-                   groups of data shards, finished sidecars skipped) ──▶ write-cache-manifest
+    plan-cache ──▶ cache-empty-prompt (a prompt cache's) ──▶ cache-shards (a subflow on the profile's task
+                   runner: cache-shard-group mapped over groups of data shards, finished sidecars skipped)
+                   ──▶ write-cache-manifest
 
 What is cached and why: mumu/config/train.py FeaturesConfig and docs/feature_cache.md. Training finds the cache
 by the same key (mumu/train/features.py), so this stage may run or not: the losses are the same either way.
@@ -45,6 +46,8 @@ def cache_features(data: str, profile: str = "tiny", overrides: dict[str, Any] |
     log.info("feature cache %s (%s): %d data shards, %d already cached, %d to compute",
              plan.key, ", ".join(plan.spec["parts"]), len(plan.shards), len(done), len(todo))
 
+    if "prompt" in plan.spec["parts"]:  # what training reads instead of loading the encoder for CFG
+        t.cache_empty_prompt.with_options(**retry)(plan, cfg.model, cfg.runtime)
     built = cache_shards.with_options(task_runner=task_runner(cfg.runtime))(
         plan, todo, cfg.model, cfg.train.features, cfg.runtime, len(done))
     manifest = t.write_cache_manifest.with_options(**retry)(plan, [*done, *built])

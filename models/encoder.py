@@ -17,6 +17,7 @@ whose vision-tower grid is cached skips the image processor and the tower; the r
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import PIL.Image
@@ -24,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mumu.config.base import ModelSource
 from mumu.config.model import EncoderConfig
 from mumu.errors import UserError
 from models.cached import CachedFeatures, pad_grids
-from models.hf import build_idefics2
+from models.hf import build_idefics2, idefics2_config
 from models.vision_tower import VisionTower, real_patch_grids
 
 Prompt = list  # list[str | PIL.Image.Image]
@@ -73,6 +75,12 @@ def _image_runs(ids: list[int], image_id: int) -> list[tuple[int, int]]:
     return runs
 
 
+def _prompt_key(ids: list[int], images) -> tuple:
+    """A prompt's identity for `PromptEncoder.remember`: its token ids and its images' pixels (the ids of an image
+    are the same for every image)."""
+    return tuple(ids), tuple(hashlib.sha256(f"{im.mode}{im.size}".encode() + im.tobytes()).hexdigest() for im in images)
+
+
 def truncate_at_segment(ids: list[int], runs: list[tuple[int, int]], limit: int, image_id: int):
     """Cut `ids` to at most `limit` tokens without cutting an image: an image whose tokens (or closing
     boundary token) would be cut is dropped whole, and so is everything after it.
@@ -93,31 +101,75 @@ def truncate_at_segment(ids: list[int], runs: list[tuple[int, int]], limit: int,
 
 
 class PromptEncoder(nn.Module):
-    def __init__(self, cfg: EncoderConfig, model=None, processor=None):
-        super().__init__()
-        from transformers import Idefics2Model
+    """`lazy=True` builds only the processor and config: the Idefics2 weights are loaded (from `source`, default
+    cfg.model) on the first prompt that needs computing. Training under a complete prompt cache never needs them
+    (the cached states, the empty prompt's and the preview prompts' included: `remember`), so a frozen 8B MLLM
+    takes no memory there."""
 
-        self.cfg = cfg
-        if model is None:
-            model, processor = build_idefics2(cfg.model, model_cls=Idefics2Model)
-        self.model, self.processor = model, processor
-        self.vision = VisionTower(model.vision_model, processor.image_processor)  # no splitting: one crop, one entity
+    def __init__(self, cfg: EncoderConfig, model=None, processor=None, *, source: ModelSource | None = None,
+                 lazy: bool = False):
+        super().__init__()
+        self.cfg, self.source = cfg, source or cfg.model
+        if model is None and not lazy:
+            from transformers import Idefics2Model
+
+            model, own = build_idefics2(self.source, model_cls=Idefics2Model)
+            processor = processor or own
+        if model is not None:
+            config = model.config
+        else:
+            config, own = idefics2_config(self.source)
+            processor = processor or own
+        self.config, self.processor = config, processor
         # With the resampler bypassed each image is `image_tokens` pooled tokens, so the processor must emit that many.
         if cfg.bypass_resampler:
             self.processor.image_seq_len = cfg.image_tokens
         self.image_seq_len = self.processor.image_seq_len
-        if cfg.gradient_checkpointing:
-            # Non-reentrant: the LM's inputs (embeddings of frozen tokens) need not require grad.
-            self.model.text_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         tok = self.processor.tokenizer
         self.image_token_id = tok.convert_tokens_to_ids(self.processor.image_token)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.fallback_id = tok.bos_token_id if tok.bos_token_id is not None else self.pad_id
+        # Moves with the module (.to, accelerate): where a lazily loaded model must go.
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+        self.known_states: dict[tuple, torch.Tensor] = {}  # _prompt_key -> cached hidden states (`remember`)
+        self.model = None
+        if model is not None:
+            self._attach(model)
+
+    def _attach(self, model) -> None:
+        self.model = model
+        self.vision = VisionTower(model.vision_model, self.processor.image_processor)  # one crop, one entity
+        if self.cfg.gradient_checkpointing:
+            # Non-reentrant: the LM's inputs (embeddings of frozen tokens) need not require grad.
+            model.text_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self._setup_trainable()
 
     @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    def load(self):
+        """The Idefics2 model, loaded now if it was not (see `lazy`)."""
+        if self.model is None:
+            from transformers import Idefics2Model
+
+            model, _ = build_idefics2(self.source, model_cls=Idefics2Model)
+            self._attach(model.to(self._device_anchor.device))
+            self.model.train(self.training)
+        return self.model
+
+    def remember(self, features: CachedFeatures, images: list[PIL.Image.Image] = ()) -> None:
+        """Take the cached states of one prompt (its token ids, and `images`, its images in order) for every later
+        prompt of the same ids and pixels (the empty prompt of CFG and sampling, the training previews' prompts):
+        those then run no encoder."""
+        ids = features.prompt_ids.tolist()
+        if len(features.prompt) != len(ids):
+            raise ValueError(f"cached states of {len(features.prompt)} tokens for {len(ids)} token ids")
+        self.known_states[_prompt_key(ids, images)] = features.prompt
+
+    @property
     def hidden_size(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
+        return int(self.config.text_config.hidden_size)
 
     def lora_target_regex(self) -> str:
         mods = "|".join(self.cfg.lora.target_modules)
@@ -195,6 +247,9 @@ class PromptEncoder(nn.Module):
                 entity_valid[b, k] = True
         features = features or [None] * batch
         cached_hidden = [self._cached_states(f, ids) for f, ids in zip(features, rows)]
+        if self.known_states:
+            cached_hidden = [h if h is not None else self.known_states.get(_prompt_key(ids, imgs))
+                             for h, ids, imgs in zip(cached_hidden, rows, images)]
         flat, grids = [], []
         for b in range(batch):
             if cached_hidden[b] is not None:
@@ -215,6 +270,7 @@ class PromptEncoder(nn.Module):
 
     def preprocess_images(self, images: list[PIL.Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt images -> (pixel_values [N, 3, H, W] padded to the largest, pixel mask [N, H, W] bool)."""
+        self.load()  # these images are to be computed
         return self.vision.preprocess(images)
 
     def _cached_states(self, features: CachedFeatures | None, ids: list[int]) -> torch.Tensor | None:
@@ -229,6 +285,7 @@ class PromptEncoder(nn.Module):
     # --- forward ------------------------------------------------------------------------------------------
     def vision_tower(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, 3, H, W] -> (the vision tower's output [N, Hp*Wp, Dv], [N, Hp, Wp] bool mask of the real patches)."""
+        self.load()
         return self.vision(pixel_values, pixel_mask, grad=torch.is_grad_enabled() and not self.cfg.freeze_vision)
 
     def vision_grids(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> list[torch.Tensor]:
@@ -241,6 +298,7 @@ class PromptEncoder(nn.Module):
 
     def project_features(self, vis: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
         """Vision-tower output [N, Hp*Wp, Dv] + real-patch mask [N, Hp, Wp] -> [N, image_seq_len, D]."""
+        self.load()
         if not self.cfg.bypass_resampler:
             return self.model.connector(vis, attention_mask=patch_mask.view(vis.shape[0], -1))
         proj = self.model.connector.modality_projection(vis)  # [N, Hp*Wp, D]
@@ -268,7 +326,7 @@ class PromptEncoder(nn.Module):
         return self.project_features(*pad_grids(grids))
 
     def _language_model(self, ids: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
-        embeds = self.model.get_input_embeddings()(ids)
+        embeds = self.load().get_input_embeddings()(ids)
         if feats is not None:
             embeds = self.model.inputs_merger(ids, embeds, feats.reshape(-1, feats.shape[-1]))
         # Positions follow the mask, so left padding does not shift the real tokens' positions.
@@ -300,7 +358,7 @@ class PromptEncoder(nn.Module):
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """The Idefics2 weights without LoRA layers, under the plain model's names."""
         out = {}
-        for k, v in self.model.state_dict().items():
+        for k, v in self.load().state_dict().items():
             if "lora_" in k:
                 continue
             out[k.replace(".base_layer.", ".")] = v
@@ -309,12 +367,12 @@ class PromptEncoder(nn.Module):
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(self.model)
+        return get_peft_model_state_dict(self.load())
 
     def load_lora_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(self.model, sd)
+        result = set_peft_model_state_dict(self.load(), sd)
         missing = [k for k in result.missing_keys if "lora_" in k]
         if result.unexpected_keys or missing:
             raise ValueError(f"encoder LoRA weights do not match: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")

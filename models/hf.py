@@ -145,20 +145,18 @@ def build_tiny_idefics2_processor(cfg: dict[str, Any] | None = None):
     )
 
 
-def build_idefics2(source: ModelSource, model_cls=None):
-    """(model, processor) for an Idefics2 source. `model_cls` defaults to Idefics2ForConditionalGeneration."""
-    from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2Processor
+def idefics2_config(source: ModelSource):
+    """(Idefics2Config, processor) of a source without its weights: what tokenizing needs, and the shapes."""
+    from transformers import Idefics2Config, Idefics2Processor
 
-    model_cls = model_cls or Idefics2ForConditionalGeneration
     bundled = empty_weights_config(source)
     if bundled is not None:
         config = Idefics2Config.from_pretrained(bundled)
-        return model_cls(config).to(torch_dtype(source.dtype)), bundled_idefics2_processor(config)
+        return config, bundled_idefics2_processor(config)
     if source.is_pretrained:
         kwargs = pretrained_kwargs(source)
-        processor = Idefics2Processor.from_pretrained(source.location, **kwargs)
-        model = model_cls.from_pretrained(source.location, dtype=torch_dtype(source.dtype), **kwargs)
-        return model, processor
+        return (Idefics2Config.from_pretrained(source.location, **kwargs),
+                Idefics2Processor.from_pretrained(source.location, **kwargs))
     cfg = merge_config(TINY_IDEFICS2, source.config or {})
     processor = build_tiny_idefics2_processor(cfg)
     tokenizer = processor.tokenizer
@@ -168,7 +166,20 @@ def build_idefics2(source: ModelSource, model_cls=None):
         text_config={**cfg["text"], "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id},
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    model = build_seeded(lambda: model_cls(config), source.seed)
+    return config, processor
+
+
+def build_idefics2(source: ModelSource, model_cls=None):
+    """(model, processor) for an Idefics2 source. `model_cls` defaults to Idefics2ForConditionalGeneration."""
+    from transformers import Idefics2ForConditionalGeneration
+
+    model_cls = model_cls or Idefics2ForConditionalGeneration
+    if source.is_pretrained and empty_weights_config(source) is None:
+        _, processor = idefics2_config(source)
+        model = model_cls.from_pretrained(source.location, dtype=torch_dtype(source.dtype), **pretrained_kwargs(source))
+        return model, processor
+    config, processor = idefics2_config(source)
+    model = model_cls(config) if source.is_pretrained else build_seeded(lambda: model_cls(config), source.seed)
     return model.to(torch_dtype(source.dtype)), processor
 
 

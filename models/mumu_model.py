@@ -91,8 +91,9 @@ class MumuModel(nn.Module):
         self.attn_store = install_capture(decoder.unet)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "MumuModel":
-        return cls._assemble(cfg, PromptEncoder(cfg.encoder), Decoder(cfg.decoder))
+    def from_config(cls, cfg: ModelConfig, lazy_encoder: bool = False) -> "MumuModel":
+        """lazy_encoder: the prompt encoder's weights are loaded when a prompt first needs them (PromptEncoder)."""
+        return cls._assemble(cfg, PromptEncoder(cfg.encoder, lazy=lazy_encoder), Decoder(cfg.decoder))
 
     @classmethod
     def _assemble(cls, cfg: ModelConfig, encoder: PromptEncoder, decoder: Decoder) -> "MumuModel":
@@ -298,7 +299,7 @@ class MumuModel(nn.Module):
         }
         enc = self.encoder
         if saved["encoder"]:
-            enc.model.save_pretrained(d / "encoder", state_dict=enc.base_state_dict())
+            enc.load().save_pretrained(d / "encoder", state_dict=enc.base_state_dict())
         enc.processor.save_pretrained(d / "encoder")  # always: tokenization must match exactly
         if cfg.encoder.train_language_model == "lora":
             _save_safetensors(enc.lora_state_dict(), d / "encoder_lora" / "adapter_model.safetensors")
@@ -320,12 +321,12 @@ class MumuModel(nn.Module):
         })
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "MumuModel":
+    def from_pretrained(cls, directory: str | Path, lazy_encoder: bool = False) -> "MumuModel":
+        """lazy_encoder: as in `from_config` (a frozen encoder only: LoRA or trained weights are read here)."""
         from peft import set_peft_model_state_dict
-        from transformers import Idefics2Model, Idefics2Processor
+        from transformers import Idefics2Processor
 
         from models.decoder import build_unet, build_vae
-        from models.hf import build_idefics2
 
         d = Path(directory)
         meta_path = d / "mumu_config.json"
@@ -337,11 +338,10 @@ class MumuModel(nn.Module):
         local = lambda name, src: ModelSource(pretrained=str(d / name), dtype=src.dtype)  # noqa: E731
 
         if saved["encoder"]:
-            model, processor = build_idefics2(local("encoder", cfg.encoder.model), Idefics2Model)
+            encoder = PromptEncoder(cfg.encoder, source=local("encoder", cfg.encoder.model), lazy=lazy_encoder)
         else:
-            model, _ = build_idefics2(cfg.encoder.model, Idefics2Model)
-            processor = Idefics2Processor.from_pretrained(str(d / "encoder"))
-        encoder = PromptEncoder(cfg.encoder, model, processor)
+            encoder = PromptEncoder(cfg.encoder, processor=Idefics2Processor.from_pretrained(str(d / "encoder")),
+                                    lazy=lazy_encoder)
         if cfg.encoder.train_language_model == "lora":
             encoder.load_lora_state_dict(load_file(str(d / "encoder_lora" / "adapter_model.safetensors")))
         dec_cfg = cfg.decoder

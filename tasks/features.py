@@ -18,12 +18,21 @@ def plan_cache(data: str, model: ModelConfig, train: TrainConfig) -> fs.CachePla
     return fs.plan_cache(data, model, train)
 
 
+def _frozen_parts(plan: fs.CachePlan, model: ModelConfig, runtime: RuntimeConfig) -> fs.FrozenParts:
+    device = worker_device(runtime)
+    return cached_model("frozen-parts", f"{model.model_dump_json()}|{plan.key}", device,
+                        lambda: fs.FrozenParts(model, plan.spec, device), latest_only=True)
+
+
+@task(name="cache-empty-prompt", **TASK_OPTIONS)
+def cache_empty_prompt(plan: fs.CachePlan, model: ModelConfig, runtime: RuntimeConfig) -> str:
+    return str(fs.cache_empty_prompt(plan, _frozen_parts(plan, model, runtime)))
+
+
 @task(name="cache-shard-group", **TASK_OPTIONS)
 def cache_shard_group(plan: fs.CachePlan, shards: list, model: ModelConfig, features: FeaturesConfig,
                  runtime: RuntimeConfig) -> list[FeatureShardReport]:
-    device = worker_device(runtime)
-    parts = cached_model("frozen-parts", f"{model.model_dump_json()}|{plan.key}", device,
-                         lambda: fs.FrozenParts(model, plan.spec, device), latest_only=True)
+    parts = _frozen_parts(plan, model, runtime)
     return [fs.cache_shard(plan, shard, parts, features.batch_size) for shard in shards]
 
 

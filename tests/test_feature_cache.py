@@ -7,7 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
+import torch
 
 from mumu.cli import main
 from mumu.config import load_profile
@@ -211,3 +214,56 @@ def test_a_refitted_bundled_vae_gets_another_key(tmp_path, monkeypatch):
     data[-1] ^= 1  # one bit of one weight
     weights.write_bytes(bytes(data))
     assert _key(VISION) != before
+
+
+@pytest.mark.parametrize("augment, loads", [(0.0, False), (0.5, True)], ids=["complete", "augmented-prompts"])
+def test_a_prompt_cache_trains_without_loading_the_encoder(data, tmp_path, monkeypatch, augment, loads):
+    """UNIMO-G's recipe under a prompt cache: with every prompt cached, no step, CFG-dropped sample or preview loads
+    the frozen encoder (an augmented prompt, which the cache lacks, loads it then); the losses, previews and final
+    model are those of a run that computes every prompt."""
+    from models.mumu_model import MumuModel
+
+    over = {**PROMPT, "train.tune.sample_every": 2, "train.tune.sample_steps": 2, "train.tune.cfg_dropout": 0.5,
+            "train.tune.augment.share": augment}
+    cfg = load_profile("tiny", over)
+    feature_stage.run_local(data, cfg.model, cfg.train)
+    loaded_at_save, real_save = {}, MumuModel.save_pretrained
+
+    def save(self, directory):
+        loaded_at_save[use] = self.encoder.loaded
+        real_save(self, directory)
+
+    monkeypatch.setattr(MumuModel, "save_pretrained", save)
+    runs, lines = {}, []
+    for use in ("off", "require"):
+        prof = load_profile("tiny", {**over, "train.features.use": use})
+        runs[use] = train("tune", prof, shard_urls(data), tmp_path / use, max_steps=4, on_info=lines.append)
+    assert loaded_at_save == {"off": True, "require": loads}
+    assert lines[1].endswith("the prompt encoder is not loaded")
+    assert runs["require"].losses == pytest.approx(runs["off"].losses, rel=1e-5, abs=1e-6)
+    assert len(runs["off"].samples) == len(runs["require"].samples) == 2
+    for off, cached in zip(runs["off"].samples, runs["require"].samples):
+        a, b = (np.asarray(PIL.Image.open(p), dtype=np.int16) for p in (off, cached))
+        assert a.shape == b.shape and np.abs(a - b).max() <= 2 and a.std() > 0
+    # The final model: the encoder saved from the weights loaded at save time is the eager run's, byte for byte.
+    enc = [(runs[u].model_dir / "encoder" / "model.safetensors").read_bytes() for u in ("off", "require")]
+    assert enc[0] == enc[1]
+    models = [MumuModel.from_pretrained(runs[u].model_dir) for u in ("off", "require")]
+    for (name, p), (_, q) in zip(models[0].connector.state_dict().items(), models[1].connector.state_dict().items()):
+        # Adam's steps here are ~1.5e-4 a weight: equal to a tenth of one step (cached states agree to float error).
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
+
+
+def test_a_prompt_cache_without_the_empty_prompt_is_incomplete(data, tmp_path):
+    """The empty prompt's states are part of a prompt cache: without them training would need the encoder."""
+    cfg = load_profile("tiny", {**PROMPT, "train.features.use": "require"})
+    manifest = feature_stage.run_local(data, cfg.model, cfg.train)
+    cache, _ = find_cache(shard_urls(data), cfg.model, cfg.train)
+    assert cache.has_prompts and Path(cache.empty_prompt).is_file()
+    Path(cache.empty_prompt).unlink()
+    with pytest.raises(UserError, match="empty_prompt.safetensors is missing"):
+        find_cache(shard_urls(data), cfg.model, cfg.train)
+    with pytest.raises(ValueError, match="no valid empty_prompt"):
+        feature_stage.write_cache_manifest(feature_stage.plan_cache(data, cfg.model, cfg.train), manifest.shards)
+    feature_stage.run_local(data, cfg.model, cfg.train)  # a re-run writes it again, every sidecar kept
+    assert find_cache(shard_urls(data), cfg.model, cfg.train)[0].has_prompts

@@ -11,7 +11,8 @@ from mumu.cli import main
 from mumu.config import load_profile
 from mumu.data import stages
 from mumu.train import feature_stage
-from mumu.train.features import cache_dir
+from mumu.train.features import EMPTY_PROMPT, cache_dir, read_empty_prompt
+from models.hf import idefics2_config
 from tests.scenes import write_scene_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -27,9 +28,9 @@ def data(tmp_path):
     return out
 
 
-def _cli(data, capsys) -> str:
+def _cli(data, capsys, overrides=SMALL) -> str:
     args = ["cache-features", "--data", str(data)]
-    for k, v in SMALL.items():
+    for k, v in overrides.items():
         args += ["--set", f"{k}={v}"]
     assert main(args) == 0
     return capsys.readouterr().out.strip().splitlines()[-1]
@@ -69,3 +70,23 @@ def test_a_transient_failure_is_retried_and_redoes_only_its_shard(data, capsys, 
     assert any("AwaitingRetry" in h or "Retrying" in h for h in histories), histories
     manifest = json.loads(next((data / "features").glob("*/manifest.json")).read_text())
     assert manifest["samples"] == 6
+
+
+def test_a_prompt_cache_gets_the_empty_prompt_and_a_rerun_restores_only_it(data, capsys, monkeypatch):
+    """UNIMO-G's recipe (encoder frozen): the flow caches the empty prompt's states beside the sidecars (training
+    then needs no encoder); a cache that lost them gets them back without recomputing a shard."""
+    prompt = {**SMALL, "model.encoder.train_language_model": "frozen", "model.encoder.lora.enabled": False,
+              "train.tune.prompt_mode": "unimo"}
+    _cli(data, capsys, prompt)
+    manifest = json.loads(next((data / "features").glob("*/manifest.json")).read_text())
+    assert list(manifest["spec"]["parts"]) == ["latents", "prompt"]
+    folder = cache_dir(data, manifest["key"])
+    empty = read_empty_prompt(folder, manifest["key"])
+    config, _ = idefics2_config(load_profile("tiny").model.encoder.model)
+    assert empty.prompt.shape == (1, config.text_config.hidden_size)
+    assert empty.prompt.abs().sum() > 0 and empty.prompt_ids.shape == (1,)
+    written = (folder / EMPTY_PROMPT).read_bytes()
+    (folder / EMPTY_PROMPT).unlink()
+    monkeypatch.setattr(feature_stage.FrozenParts, "compute", lambda *a: pytest.fail("recomputed a finished shard"))
+    _cli(data, capsys, prompt)
+    assert (folder / EMPTY_PROMPT).read_bytes() == written

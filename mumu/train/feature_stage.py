@@ -1,9 +1,9 @@
 """The cache-features stage as plain functions (tasks/features.py wraps them; flows/cache_features.py runs them).
 
-    plan_cache (cache_spec -> key) -> per data shard: read its samples in order -> the frozen parts' outputs,
-    batched (VAE posterior of the target; vision-tower grids of the prompt images or the frozen encoder's
-    hidden states of each prompt form) -> sidecar tar, then its report -> write_cache_manifest (counts checked
-    against the data manifest)
+    plan_cache (cache_spec -> key) -> [cache_empty_prompt, a prompt cache's] -> per data shard: read its samples
+    in order -> the frozen parts' outputs, batched (VAE posterior of the target; vision-tower grids of the prompt
+    images or the frozen encoder's hidden states of each prompt form) -> sidecar tar, then its report ->
+    write_cache_manifest (counts checked against the data manifest)
 
 A sample's prompts are built by the training loader's own decoding (mumu/train/data.py), unaugmented, so the
 cache holds exactly what training would compute for them. Every data sample gets a sidecar member, in the data
@@ -27,8 +27,9 @@ from data_schemas.features import FeatureManifest, FeatureShardReport
 from mumu.config.model import ModelConfig
 from mumu.config.train import TrainConfig
 from mumu.errors import UserError
-from mumu.io import atomic_path, sha256_file, write_json_atomic
-from mumu.train.features import MEMBER, cache_dir, cache_spec, sidecar_done, sidecar_report_path, spec_key
+from mumu.io import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
+from mumu.train.features import (EMPTY_PROMPT, MEMBER, cache_dir, cache_spec, read_empty_prompt, sidecar_done,
+                                 sidecar_report_path, spec_key)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,14 @@ class FrozenParts:
             for (i, ref, _), grid in zip(part, grids):
                 out[i][f"vision/{ref}"] = grid
 
+    @torch.no_grad()
+    def empty_prompt(self) -> dict[str, torch.Tensor]:
+        """The empty prompt's hidden states and token ids (what CFG dropout and the sampler's unconditional half
+        encode), computed as the encoder computes every prompt."""
+        tokens = self.encoder.tokenize([[]]).to(self.device)
+        real = tokens.attention_mask[0].bool()
+        return {"prompt": self.encoder(tokens)[0, real], "prompt_ids": tokens.input_ids[0, real]}
+
     def _prompts(self, views, out, chunk) -> None:
         for form in self.forms:
             todo = [i for i in chunk if form in views[i] and (form == "text" or not views[i][form].text_only)]
@@ -203,6 +212,18 @@ def cache_shard(plan: CachePlan, shard: ShardReport, parts: FrozenParts, batch_s
     return report
 
 
+def cache_empty_prompt(plan: CachePlan, parts: FrozenParts) -> Path | None:
+    """A prompt cache's EMPTY_PROMPT file (kept when it is already there and valid); None for other caches."""
+    if "prompt" not in plan.spec["parts"]:
+        return None
+    path = plan.folder / EMPTY_PROMPT
+    if read_empty_prompt(plan.folder, plan.key) is None:
+        blob = save_tensors({k: v.detach().contiguous().cpu().clone() for k, v in parts.empty_prompt().items()},
+                            metadata={"cache_key": plan.key})
+        write_bytes_atomic(path, blob)
+    return path
+
+
 def write_cache_manifest(plan: CachePlan, reports: list[FeatureShardReport]) -> FeatureManifest:
     """manifest.json of the cache, after checking that every data shard has its sidecar with all its samples."""
     by_shard = {r.shard: r for r in reports}
@@ -213,6 +234,8 @@ def write_cache_manifest(plan: CachePlan, reports: list[FeatureShardReport]) -> 
                              f"{'no sidecar' if r is None else f'{r.samples} samples'}, the data {shard.written}")
     if set(by_shard) != {s.shard for s in plan.shards}:
         raise ValueError(f"feature cache {plan.key}: sidecars of shards the data manifest does not list")
+    if "prompt" in plan.spec["parts"] and read_empty_prompt(plan.folder, plan.key) is None:
+        raise ValueError(f"feature cache {plan.key}: no valid {EMPTY_PROMPT}")
     ordered = [by_shard[s.shard] for s in plan.shards]
     keep = {s.name for s in plan.shards} | {sidecar_report_path(plan.folder, s.shard).name for s in plan.shards}
     for p in plan.folder.glob("shard-*"):  # sidecars of data shards a later build-data no longer lists
@@ -230,5 +253,6 @@ def run_local(data_dir: str | Path, model: ModelConfig, train: TrainConfig, devi
     if plan is None:
         return None
     parts = FrozenParts(model, plan.spec, device)
+    cache_empty_prompt(plan, parts)
     reports = [cache_shard(plan, s, parts, train.features.batch_size) for s in plan.shards]
     return write_cache_manifest(plan, reports)

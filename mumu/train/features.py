@@ -3,6 +3,8 @@
     DATA/features/<key>/shard-00000.tar            sidecar of DATA/shard-00000.tar: per sample, in the data
                                                    shard's order, <sample key>.features.safetensors
     DATA/features/<key>/shard-00000.report.json    FeatureShardReport (written last: it exists <=> finished)
+    DATA/features/<key>/empty_prompt.safetensors   a prompt cache's: the empty prompt's states (CFG dropout, the
+                                                   sampler's unconditional half), so training needs no encoder
     DATA/features/<key>/manifest.json, spec.json, config.yaml
 
 `key` is the hash of `cache_spec`: the parts cached and every config value their outputs depend on (VAE source,
@@ -32,6 +34,7 @@ from mumu.errors import UserError
 
 FEATURES_DIR = "features"
 MEMBER = "features.safetensors"  # the one tar member per sample: <sample key>.features.safetensors
+EMPTY_PROMPT = "empty_prompt.safetensors"
 IMAGE_KIND = {"mumu": "crop", "unimo": "segment"}  # the prompt image a prompt form shows an entity with
 
 
@@ -115,6 +118,11 @@ class FeatureCache:
 
     key: str
     sidecars: dict[str, str] = field(default_factory=dict)  # data shard url -> sidecar tar path
+    empty_prompt: str | None = None  # a prompt cache's EMPTY_PROMPT file
+
+    @property
+    def has_prompts(self) -> bool:
+        return self.empty_prompt is not None
 
     def sidecar(self, url: str) -> str | None:
         return self.sidecars.get(url)
@@ -162,7 +170,31 @@ def find_cache(data_urls: list[str], model: ModelConfig, train: TrainConfig) -> 
             where += f"; the cache(s) there ({', '.join(others)}) were written for another model config, refused"
         return without(f"{where} ({len(missing)} of {len(data_urls)} shards missing; run `mumu cache-features "
                        f"--data {root}`)")
-    return FeatureCache(key, sidecars), f"feature cache {key} ({', '.join(spec['parts'])}) for {len(sidecars)} shards"
+    empty = None
+    if "prompt" in spec["parts"]:  # the empty prompt's states, in the cache of every data folder
+        for root in sorted({Path(u).parent for u in data_urls}):
+            if read_empty_prompt(cache_dir(root, key), key) is None:
+                return without(f"{cache_dir(root, key) / EMPTY_PROMPT} is missing (run `mumu cache-features "
+                               f"--data {root}`)")
+        empty = str(cache_dir(Path(data_urls[0]).parent, key) / EMPTY_PROMPT)
+    return (FeatureCache(key, sidecars, empty),
+            f"feature cache {key} ({', '.join(spec['parts'])}) for {len(sidecars)} shards")
+
+
+def read_empty_prompt(folder: Path, key: str):
+    """The empty prompt's cached states (models/cached.py CachedFeatures), or None when missing or unreadable."""
+    from safetensors import SafetensorError
+
+    from models.cached import CachedFeatures
+
+    path = folder / EMPTY_PROMPT
+    try:
+        tensors = decode_features(path.read_bytes(), key, str(path))
+    except (OSError, ValueError, SafetensorError):
+        return None
+    if set(tensors) != {"prompt", "prompt_ids"}:
+        return None
+    return CachedFeatures(prompt=tensors["prompt"], prompt_ids=tensors["prompt_ids"])
 
 
 def safetensors_metadata(blob: bytes) -> dict[str, str]:

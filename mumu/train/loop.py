@@ -27,7 +27,7 @@ from mumu.errors import UserError
 from mumu.io import write_json_atomic
 from mumu.size_conditioning import SizeTally, write_sizes
 from mumu.train.checkpoint import clean_partial, list_checkpoints, load_checkpoint, save_checkpoint
-from mumu.train.features import find_cache
+from mumu.train.features import find_cache, read_empty_prompt
 from mumu.train.optim import build_ema, build_lr_scheduler, build_optimizer, step_generator
 from mumu.train.preview import sample_grid
 
@@ -164,7 +164,12 @@ def train(
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     if init is not None:
         check_init_config(Path(init), profile.model)
-    model = MumuModel.from_pretrained(init) if init is not None else MumuModel.from_config(profile.model)
+    cache, cache_line = find_cache(data_urls, profile.model, profile.train) if data_urls else (None, "")
+    # Under a prompt cache the frozen encoder is loaded only if a prompt the cache lacks comes (an augmented one):
+    # the cached states stand for every other prompt, the empty one of CFG dropout included.
+    lazy = cache is not None and cache.has_prompts
+    model = (MumuModel.from_pretrained(init, lazy_encoder=lazy) if init is not None
+             else MumuModel.from_config(profile.model, lazy_encoder=lazy))
     model.to(accelerator.device)
     model.train()
     groups = model.parameter_groups()
@@ -202,9 +207,11 @@ def train(
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start + 1) if main else None
     # Batch k of the stream is micro-batch k of this process (the loader deals shards to ranks).
     shard = {"rank": rank, "world_size": world} if world > 1 else {}
-    cache, cache_line = find_cache(data_urls, core.cfg, profile.train) if data_urls else (None, "")
     if cache is not None:
         shard["features"] = cache
+    if lazy:
+        core.encoder.remember(read_empty_prompt(Path(cache.empty_prompt).parent, cache.key))
+        cache_line += "; the prompt encoder is not loaded"
     if main and on_info is not None and cache_line:
         on_info(cache_line)
     batches = iterate(data_urls, stage, seed, start_step=start * accum, **shard)
@@ -259,8 +266,12 @@ def train(
                 accelerator.wait_for_everyone()
             if main and stage.sample_every and step % stage.sample_every == 0:
                 if preview_prompts is None:  # the first batch of the stream: the same on every resume
-                    first = next(iter(iterate(data_urls, stage, seed, start_step=0)))
+                    first = next(iter(iterate(data_urls, stage, seed, start_step=0,
+                                              **({"features": cache} if cache is not None else {}))))
                     preview_prompts = [ex.prompt for ex in first[:PREVIEW_PROMPTS]]
+                    for ex in first[:PREVIEW_PROMPTS] if lazy else []:
+                        if ex.features is not None and ex.features.prompt is not None:
+                            core.encoder.remember(ex.features, [s for s in ex.prompt if not isinstance(s, str)])
                 core.trained_original_size = sizes.most_common()
                 path = sample_grid(core, preview_prompts, out_dir / "samples" / f"step-{step:06d}.png",
                                    steps=stage.sample_steps, seed=seed)
