@@ -252,6 +252,13 @@ def test_a_prompt_cache_trains_without_loading_the_encoder(data, tmp_path, monke
     for (name, p), (_, q) in zip(models[0].connector.state_dict().items(), models[1].connector.state_dict().items()):
         # Adam's steps here are ~1.5e-4 a weight: equal to a tenth of one step (cached states agree to float error).
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
+    # A saved model read lazily (the next stage's init) loads its encoder on the first prompt, to the same states.
+    lazy = MumuModel.from_pretrained(runs["off"].model_dir, lazy_encoder=True)
+    prompt = [["a", PIL.Image.new("RGB", (40, 30), (200, 40, 90)), "cat"]]
+    assert not lazy.encoder.loaded
+    with torch.no_grad():
+        got, want = lazy.encode(prompt), models[0].encode(prompt)
+    assert lazy.encoder.loaded and torch.equal(got.hidden, want.hidden) and got.hidden.abs().sum() > 0
 
 
 def test_a_prompt_cache_without_the_empty_prompt_is_incomplete(data, tmp_path):
