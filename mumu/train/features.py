@@ -124,6 +124,13 @@ class FeatureCache:
     def has_prompts(self) -> bool:
         return self.empty_prompt is not None
 
+    def empty_prompt_states(self):
+        """A prompt cache's empty-prompt states (models/cached.py CachedFeatures)."""
+        states = read_empty_prompt(Path(self.empty_prompt).parent, self.key)
+        if states is None:
+            raise UserError(f"{self.empty_prompt} is missing or unreadable: run `mumu cache-features` again")
+        return states
+
     def sidecar(self, url: str) -> str | None:
         return self.sidecars.get(url)
 

@@ -27,7 +27,7 @@ from mumu.errors import UserError
 from mumu.io import write_json_atomic
 from mumu.size_conditioning import SizeTally, write_sizes
 from mumu.train.checkpoint import clean_partial, list_checkpoints, load_checkpoint, save_checkpoint
-from mumu.train.features import find_cache, read_empty_prompt
+from mumu.train.features import find_cache
 from mumu.train.optim import build_ema, build_lr_scheduler, build_optimizer, step_generator
 from mumu.train.preview import sample_grid
 
@@ -210,7 +210,7 @@ def train(
     if cache is not None:
         shard["features"] = cache
     if lazy:
-        core.encoder.remember(read_empty_prompt(Path(cache.empty_prompt).parent, cache.key))
+        core.encoder.remember(cache.empty_prompt_states())
         cache_line += "; the prompt encoder is not loaded"
     if main and on_info is not None and cache_line:
         on_info(cache_line)
