@@ -240,6 +240,8 @@ def test_a_prompt_cache_trains_without_loading_the_encoder(data, tmp_path, monke
         runs[use] = train("tune", prof, shard_urls(data), tmp_path / use, max_steps=4, on_info=lines.append)
     assert loaded_at_save == {"off": True, "require": loads}
     assert lines[1].endswith("the prompt encoder is not loaded")
+    loaded_lines = [ln for ln in lines if ln.endswith("loaded the prompt encoder")]
+    assert len(loaded_lines) == int(loads) and all(ln.startswith("step ") for ln in loaded_lines)
     assert runs["require"].losses == pytest.approx(runs["off"].losses, rel=1e-5, abs=1e-6)
     assert len(runs["off"].samples) == len(runs["require"].samples) == 2
     for off, cached in zip(runs["off"].samples, runs["require"].samples):

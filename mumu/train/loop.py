@@ -212,6 +212,7 @@ def train(
     if lazy:
         core.encoder.remember(cache.empty_prompt_states())
         cache_line += "; the prompt encoder is not loaded"
+    report_encoder_load = lazy and main and on_info is not None  # said once, if a prompt the cache lacks loads it
     if main and on_info is not None and cache_line:
         on_info(cache_line)
     batches = iterate(data_urls, stage, seed, start_step=start * accum, **shard)
@@ -248,6 +249,9 @@ def train(
             if ema is not None:
                 ema.step(trainable)
             losses.append(sums["loss"])
+            if report_encoder_load and core.encoder.loaded:
+                on_info(f"step {step}: a prompt the feature cache lacks (an augmented image) loaded the prompt encoder")
+                report_encoder_load = False
 
             if main and (step % stage.log_every == 0 or step == total):
                 metrics = {**sums, "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
