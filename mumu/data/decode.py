@@ -126,7 +126,8 @@ def decode_input(data: bytes, cfg: IngestConfig) -> Decoded:
         im.load()
         file_format = im.format
         oriented = im.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9)  # what exif_transpose turns
-        im = ImageOps.exif_transpose(im)
+        if oriented:  # else it would only copy the pixels (with the GIL held, beside the models' thread)
+            im = ImageOps.exif_transpose(im)
     except BadInput:
         raise
     except Image.DecompressionBombError:
