@@ -110,16 +110,16 @@ class PromptEncoder(nn.Module):
                  lazy: bool = False):
         super().__init__()
         self.cfg, self.source = cfg, source or cfg.model
-        if model is None and not lazy:
+        if model is not None:
+            config = model.config
+        elif lazy:
+            config, own = idefics2_config(self.source)
+            processor = processor or own
+        else:
             from transformers import Idefics2Model
 
             model, own = build_idefics2(self.source, model_cls=Idefics2Model)
-            processor = processor or own
-        if model is not None:
-            config = model.config
-        else:
-            config, own = idefics2_config(self.source)
-            processor = processor or own
+            config, processor = model.config, processor or own
         self.config, self.processor = config, processor
         # With the resampler bypassed each image is `image_tokens` pooled tokens, so the processor must emit that many.
         if cfg.bypass_resampler:

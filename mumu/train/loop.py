@@ -206,9 +206,8 @@ def train(
     # --- loop ------------------------------------------------------------------------------------------
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start + 1) if main else None
     # Batch k of the stream is micro-batch k of this process (the loader deals shards to ranks).
-    shard = {"rank": rank, "world_size": world} if world > 1 else {}
-    if cache is not None:
-        shard["features"] = cache
+    with_cache = {"features": cache} if cache is not None else {}
+    shard = {"rank": rank, "world_size": world, **with_cache} if world > 1 else with_cache
     if lazy:
         core.encoder.remember(cache.empty_prompt_states())
         cache_line += "; the prompt encoder is not loaded"
@@ -270,8 +269,7 @@ def train(
                 accelerator.wait_for_everyone()
             if main and stage.sample_every and step % stage.sample_every == 0:
                 if preview_prompts is None:  # the first batch of the stream: the same on every resume
-                    first = next(iter(iterate(data_urls, stage, seed, start_step=0,
-                                              **({"features": cache} if cache is not None else {}))))
+                    first = next(iter(iterate(data_urls, stage, seed, start_step=0, **with_cache)))
                     preview_prompts = [ex.prompt for ex in first[:PREVIEW_PROMPTS]]
                     for ex in first[:PREVIEW_PROMPTS] if lazy else []:
                         if ex.features is not None and ex.features.prompt is not None:
