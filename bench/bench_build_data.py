@@ -10,7 +10,6 @@ started, models in the task cache):
   stages+wb      stages, each shard written on a background thread while the next goes through the models
                  (runtime.write_behind)
   stages+wb+ra   stages+wb, and the next shard ingested on the same thread (runtime.read_ahead)
-  per-stage      the build-shards subflow as it was: one task run per stage and shard (7 per shard)
   per-shard      one build-shard-group run per shard (runtime.shards_per_task=1)
   grouped-png6   the profile's runtime.shards_per_task shards per run (at least as many runs as run at once), PNG level 6
   grouped        the same at the profile's PNG level
@@ -100,54 +99,11 @@ def bare_model_seconds(inputs: Path, cfg, models) -> float:
     return time.perf_counter() - start
 
 
-def per_stage_flow():
-    """The build-shards subflow as it was before build-shard-group: one task run per stage and shard."""
-    from prefect import flow, task, unmapped
-
-    from models.captioner import Captioner
-    from models.detector import Detector
-    from models.segmenter import Segmenter
-    from tasks.common import TASK_OPTIONS, lazy_model
-
-    def model_task(name, fn, kind, cls, section):
-        return task(name=name, **TASK_OPTIONS)(
-            lambda work, cfg, runtime: fn(work, lazy_model(kind, cls, getattr(cfg, section), runtime)))
-
-    ingest = task(name="ingest", **TASK_OPTIONS)(lambda shard, cfg: stages.ingest(shard, cfg.ingest))
-    caption = model_task("caption", stages.caption, "captioner", Captioner, "caption")
-    entities = task(name="entities", **TASK_OPTIONS)(lambda work, cfg: stages.find_entities(work, cfg.entities))
-    detect = model_task("detect", stages.detect, "detector", Detector, "detect")
-    segment = model_task("segment", stages.segment, "segmenter", Segmenter, "segment")
-    compose = task(name="compose", **TASK_OPTIONS)(lambda work, cfg: stages.compose(work, cfg.compose))
-    write = task(name="write-shard", **TASK_OPTIONS)(lambda work, out, cfg: stages.write(work, Path(out), cfg))
-
-    @flow(name="build-shards-per-stage", validate_parameters=False)
-    def build(todo, out, data, runtime):
-        work = ingest.map(todo, unmapped(data))
-        work = caption.map(work, unmapped(data), unmapped(runtime))
-        work = entities.map(work, unmapped(data))
-        work = detect.map(work, unmapped(data), unmapped(runtime))
-        work = segment.map(work, unmapped(data), unmapped(runtime))
-        work = compose.map(work, unmapped(data))
-        return [f.result() for f in write.map(work, unmapped(out), unmapped(data))]
-
-    return build
-
-
-def flow_seconds(inputs: Path, out: Path, overrides: dict, per_stage=None) -> float:
+def flow_seconds(inputs: Path, out: Path, overrides: dict) -> float:
     """The build-data flow on a warm process (API started, models in the task cache, as the bare side has them),
     as a subflow, the way `mumu pipeline` runs it: a top-level run ends only when its heartbeat thread wakes from
-    its 1 s sleep, which rounds every timing up to the next whole second. With `per_stage`, its build-shards
-    subflow is swapped for the per-stage one."""
-    import flows.build_data as fb
-
-    real = fb.build_shards
-    if per_stage is not None:
-        fb.build_shards = _PerStage(per_stage)
-    try:
-        return _timed_build_data(str(inputs), str(out), overrides)
-    finally:
-        fb.build_shards = real
+    its 1 s sleep, which rounds every timing up to the next whole second."""
+    return _timed_build_data(str(inputs), str(out), overrides)
 
 
 def _timed_build_data(inputs: str, out: str, overrides: dict) -> float:
@@ -162,17 +118,6 @@ def _timed_build_data(inputs: str, out: str, overrides: dict) -> float:
         return time.perf_counter() - start
 
     return parent(inputs, out, overrides)
-
-
-class _PerStage:
-    """Stands in for build_shards in flows/build_data.py: `.with_options(task_runner=...)(todo, out, data, ...)`."""
-
-    def __init__(self, flow):
-        self.flow = flow
-
-    def with_options(self, **kwargs):
-        run = self.flow.with_options(**kwargs)
-        return lambda todo, out, data, runtime, already_done=0: run(todo, out, data, runtime)
 
 
 def write_rates(inputs: Path, out: Path, cfg) -> tuple[float, float]:
@@ -220,10 +165,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     chosen = {}
     for name in args.variants:
-        kind, overrides, per_stage = VARIANTS[name.split("@")[0]](base)
+        kind, overrides = VARIANTS[name.split("@")[0]](base)
         if "@" in name:
             overrides = {**overrides, "runtime.shards_per_task": int(name.split("@")[1])}
-        chosen[name] = (kind, overrides, per_stage)
+        chosen[name] = (kind, overrides)
     ratios: dict[str, list[float]] = {name: [] for name in chosen}
     seconds: dict[str, list[float]] = {name: [] for name in ["bare", *chosen]}
     n = args.images
@@ -232,17 +177,17 @@ def main() -> None:
         make_inputs(tmp / "in", n)
         models = load_models(cfg)
         make_inputs(tmp / "warm-in", 4)
-        for name, (kind, overrides, _) in chosen.items():  # warm: API, models, each flow's first run
+        for name, (kind, overrides) in chosen.items():  # warm: API, models, each flow's first run
             if kind != "stages":
-                flow_seconds(tmp / "warm-in", tmp / f"warm-{name}", overrides, chosen[name][2])
+                flow_seconds(tmp / "warm-in", tmp / f"warm-{name}", overrides)
         for r in range(args.repeats):
-            for name, (kind, overrides, per_stage) in chosen.items():
+            for name, (kind, overrides) in chosen.items():
                 # Each variant right after its own bare run: the machine's speed drifts by up to a third within a
                 # minute (bare calls 5.9-8.2 s in one process), so only back-to-back pairs are comparable.
                 bare = bare_model_seconds(tmp / "in", cfg, models)
                 out = tmp / f"{name}-{r}"
                 took = (stages_seconds(tmp / "in", out, load_profile("tiny", overrides), models) if kind == "stages"
-                        else flow_seconds(tmp / "in", out, overrides, per_stage))
+                        else flow_seconds(tmp / "in", out, overrides))
                 ratios[name].append(bare / took)
                 seconds["bare"].append(bare)
                 seconds[name].append(took)
@@ -268,18 +213,18 @@ def main() -> None:
 
 
 def _variants() -> dict:
-    """name → (base overrides → ("stages" | "flow", overrides, per-stage flow or None))."""
+    """name → (base overrides → ("stages" | "flow", overrides))."""
     def stages_(**extra):
-        return lambda base: ("stages", {**base, **extra}, None)
+        return lambda base: ("stages", {**base, **extra})
 
-    def flow_(per_stage=False, **extra):
-        return lambda base: ("flow", {**base, **extra}, per_stage_flow() if per_stage else None)
+    def flow_(**extra):
+        return lambda base: ("flow", {**base, **extra})
 
     wb, ra, png6 = "runtime.write_behind", "runtime.read_ahead", "data.write.png_compress_level"
     return {
         "stages-png6": stages_(**{png6: 6}), "stages": stages_(), "stages+wb": stages_(**{wb: True}),
         "stages+wb+ra": stages_(**{wb: True, ra: True}),
-        "per-stage": flow_(per_stage=True), "per-shard": flow_(**{"runtime.shards_per_task": 1}),
+        "per-shard": flow_(**{"runtime.shards_per_task": 1}),
         "grouped-png6": flow_(**{png6: 6}), "grouped": flow_(), "grouped+wb": flow_(**{wb: True}),
         "grouped+wb+ra": flow_(**{wb: True, ra: True}),
     }

@@ -11,7 +11,7 @@ One process, tiny profile, the bundled samples (mumu/samples/scenes), a fresh ou
   - prefect: flows.pipeline.pipeline(...) (build-data → cache-features → pretrain → tune → evaluate subflows);
   - direct, threads: the direct path with the flow's schedule: shards (stages.run_shard) and generation
              chunks mapped on a thread pool of the size the thread task runner uses (flows/runners.py),
-             as the build-shards / generate-benchmark subflows do. prefect vs this one is Prefect's own
+             as build-data and evaluate map them on their task runner. prefect vs this one is Prefect's own
              cost; prefect vs plain direct also counts what that concurrency gains or loses.
 The ephemeral API's start-up is excluded (a trivial flow runs first); every path is warmed once with a
 short run (imports, tokenizers, the data models and evaluation encoders, which all paths take from

@@ -35,7 +35,7 @@ def run_build_data(env: dict[str, str], out: Path) -> str:
     subprocess.run([sys.executable, "-m", "mumu.cli", "build-data", "--input", str(SAMPLES_DIR), "--out", str(out)],
                    env=env, cwd=REPO, check=True)
     runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter",
-                      json={"sort": "START_TIME_DESC", "limit": 1,  # top level: not its build-shards subflow
+                      json={"sort": "START_TIME_DESC", "limit": 1,  # top level: the run the CLI started
                             "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}},
                                           "parent_task_run_id": {"is_null_": True}}}).json()
     if not runs:

@@ -1,8 +1,8 @@
 """build-data: text–image pairs → multimodal-prompt webdataset shards.
 
-    plan-shards → build-shards: ingest → caption → entities → detect → segment → compose → write-shard
-                  (a subflow on the profile's task runner: build-shard-group mapped over groups of
-                  runtime.shards_per_task shards)  → write-manifest
+    plan-shards → build-shard-group (ingest → caption → entities → detect → segment → compose → write-shard),
+                  mapped on the profile's task runner over groups of runtime.shards_per_task shards
+                → write-manifest
 
 Finished shards (their report exists) are skipped, so a re-run after a crash resumes where it stopped.
 """
@@ -16,11 +16,8 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 
 from deployments.events import emit_stage_completed
-from data_schemas import ShardReport
 from flows.runners import gather_shard_groups, shard_groups, task_runner
 from mumu.config import config_hash, load_profile
-from mumu.config.data import DataConfig
-from mumu.config.runtime import RuntimeConfig
 from mumu.data import stages
 from mumu.data.shards import report_path
 from mumu.runs import write_run_config
@@ -42,9 +39,14 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
     todo = [s for s in shards if s.index not in done]
     log.info("%d input shards: %d already written, %d to build", len(shards), len(done), len(todo))
 
-    # The shards are mapped in a subflow that runs on the profile's task runner (threads, or Dask workers
-    # with one model replica each), however this flow was started: CLI, pipeline or a deployment.
-    built = build_shards.with_options(task_runner=task_runner(runtime))(todo, out, data, runtime, len(done))
+    # The shards are mapped on the profile's task runner (threads, or Dask workers with one model replica each),
+    # however this flow was started: CLI, pipeline or a deployment.
+    with task_runner(runtime) as runner:
+        groups = runner.map(t.build_shard_group.with_options(**retry), {
+            "shards": shard_groups(todo, runtime), "out_dir": unmapped(out), "cfg": unmapped(data),
+            "runtime": unmapped(runtime)})
+        built = gather_shard_groups(groups, len(shards), len(done), "build-data shards",
+                                    [report_path(out, s.index) for s in todo])
     reports = sorted([*done.values(), *built], key=lambda r: r.shard)
 
     manifest = t.write_manifest.with_options(**retry)(out, reports, data_hash)
@@ -60,14 +62,3 @@ def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict
     emit_stage_completed("build-data", out, input=input_path)
     return manifest.model_dump(mode="json")
 
-
-@flow(name="build-shards", validate_parameters=False)
-def build_shards(todo: list[stages.InputShard], out: str, data: DataConfig, runtime: RuntimeConfig,
-                 already_done: int = 0) -> list[ShardReport]:
-    """ingest → caption → entities → detect → segment → compose → write-shard for every shard of `todo`, in
-    build-shard-group task runs of runtime.shards_per_task shards (flows/runners.py shard_groups)."""
-    retry = retry_options(runtime)
-    written = t.build_shard_group.with_options(**retry).map(shard_groups(todo, runtime), unmapped(out),
-                                                            unmapped(data), unmapped(runtime))
-    return gather_shard_groups(written, len(todo) + already_done, already_done, "build-data shards",
-                               [report_path(out, s.index) for s in todo])

@@ -1,8 +1,7 @@
 """cache-features: the outputs of the model's frozen parts, computed once per sample (DATA/features/<key>/).
 
-    plan-cache ──▶ cache-empty-prompt (a prompt cache's) ──▶ cache-shards (a subflow on the profile's task
-                   runner: cache-shard-group mapped over groups of data shards, finished sidecars skipped)
-                   ──▶ write-cache-manifest
+    plan-cache ──▶ cache-empty-prompt (a prompt cache's) ──▶ cache-shard-group, mapped on the profile's task
+                   runner over groups of data shards (finished sidecars skipped) ──▶ write-cache-manifest
 
 What is cached and why: mumu/config/train.py FeaturesConfig and docs/feature_cache.md. Training finds the cache
 by the same key (mumu/train/features.py), so this stage may run or not: the losses are the same either way.
@@ -15,15 +14,10 @@ from typing import Any
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 
-from data_schemas.features import FeatureShardReport
 from deployments.events import emit_stage_completed
 from flows.runners import gather_shard_groups, shard_groups, task_runner
 from mumu.config import load_profile
-from mumu.config.model import ModelConfig
-from mumu.config.runtime import RuntimeConfig
-from mumu.config.train import FeaturesConfig
 from mumu.runs import write_run_config
-from mumu.train.feature_stage import CachePlan
 from mumu.train.features import sidecar_done, sidecar_report_path
 from tasks import features as t
 from tasks.common import retry_options
@@ -48,8 +42,12 @@ def cache_features(data: str, profile: str = "tiny", overrides: dict[str, Any] |
 
     if "prompt" in plan.spec["parts"]:  # what training reads instead of loading the encoder for CFG
         t.cache_empty_prompt.with_options(**retry)(plan, cfg.model, cfg.runtime)
-    built = cache_shards.with_options(task_runner=task_runner(cfg.runtime))(
-        plan, todo, cfg.model, cfg.train.features, cfg.runtime, len(done))
+    with task_runner(cfg.runtime) as runner:
+        groups = runner.map(t.cache_shard_group.with_options(**retry), {
+            "plan": unmapped(plan), "shards": shard_groups(todo, cfg.runtime), "model": unmapped(cfg.model),
+            "features": unmapped(cfg.train.features), "runtime": unmapped(cfg.runtime)})
+        built = gather_shard_groups(groups, len(plan.shards), len(done), "cache-features shards",
+                                    [sidecar_report_path(plan.folder, s.shard) for s in todo])
     manifest = t.write_cache_manifest.with_options(**retry)(plan, [*done, *built])
     create_table_artifact(
         key="cache-features", description=f"feature cache {plan.key} of {data}",
@@ -60,14 +58,3 @@ def cache_features(data: str, profile: str = "tiny", overrides: dict[str, Any] |
     return {"key": plan.key, "samples": manifest.samples, "bytes": manifest.bytes, "shards": len(manifest.shards),
             "folder": str(plan.folder)}
 
-
-@flow(name="cache-shards", validate_parameters=False)
-def cache_shards(plan: CachePlan, todo: list, model: ModelConfig, features: FeaturesConfig, runtime: RuntimeConfig,
-                 already_done: int = 0) -> list[FeatureShardReport]:
-    """cache-shard-group mapped over groups of data shards (runtime.shards_per_task each)."""
-    retry = retry_options(runtime)
-    groups = shard_groups(todo, runtime)
-    futures = t.cache_shard_group.with_options(**retry).map(unmapped(plan), groups, unmapped(model),
-                                                            unmapped(features), unmapped(runtime))
-    return gather_shard_groups(futures, len(todo) + already_done, already_done, "cache-features shards",
-                               [sidecar_report_path(plan.folder, s.shard) for s in todo])

@@ -1,7 +1,7 @@
 """evaluate: generate every benchmark prompt from a checkpoint, score DINO / CLIP-I / CLIP-T / FID, report.
 
-    per benchmark: generate-benchmark (subflow on the profile's task runner: generate-chunk mapped over
-                   chunks, finished chunks skipped) ──▶ score-benchmark
+    per benchmark: generate-chunk mapped on the profile's task runner over the benchmark's chunks (finished
+                   chunks skipped) ──▶ score-benchmark
     then: write-report (+ table and markdown artifacts)
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner
 from tqdm import tqdm
 
 from deployments.events import emit_stage_completed
@@ -44,17 +45,16 @@ def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny
     ev, runtime = cfg.eval, cfg.runtime
     write_run_config(out, cfg)
     retry = retry_options(runtime)
-    # Chunks are mapped in a subflow on the profile's task runner, however this flow was started. Built once:
-    # a flow's with_options rebuilds its parameter schema (~50 ms); each run duplicates the runner anyway.
-    generate = generate_benchmark.with_options(task_runner=task_runner(runtime, GENERATE_TASKS_PER_WORKER))
     score = t.score_benchmark.with_options(**retry)
 
     scores = []
-    for benchmark in build_benchmarks(ev.benchmark):
-        bench_dir = str(Path(out) / benchmark.name)
-        bench_ev = eval_config_for(benchmark, ev)  # e.g. DreamBench's 4 images per prompt
-        generate(benchmark, model, bench_dir, bench_ev, runtime)
-        scores.append(score(benchmark, bench_dir, bench_ev, runtime))
+    # Chunks are mapped on the profile's task runner, however this flow was started; one runner for every benchmark.
+    with task_runner(runtime, GENERATE_TASKS_PER_WORKER) as runner:
+        for benchmark in build_benchmarks(ev.benchmark):
+            bench_dir = str(Path(out) / benchmark.name)
+            bench_ev = eval_config_for(benchmark, ev)  # e.g. DreamBench's 4 images per prompt
+            generate_benchmark(runner, benchmark, model, bench_dir, bench_ev, runtime)
+            scores.append(score(benchmark, bench_dir, bench_ev, runtime))
 
     report = t.write_report(scores, out, ev.report, run=Path(checkpoint).name)
     create_table_artifact(key="evaluation", table=report.rows, description=f"evaluation of {checkpoint}")
@@ -64,14 +64,15 @@ def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny
     return {"markdown": str(report.markdown_path), "json": str(report.json_path), "rows": report.rows}
 
 
-@flow(name="generate-benchmark", validate_parameters=False)
-def generate_benchmark(benchmark: Benchmark, model: str, bench_dir: str, ev: EvalConfig, runtime: RuntimeConfig) -> None:
-    """generate-chunk mapped over the benchmark's chunks; chunks whose record exists are not generated again."""
-    retry = retry_options(runtime)
+def generate_benchmark(runner: TaskRunner, benchmark: Benchmark, model: str, bench_dir: str, ev: EvalConfig,
+                       runtime: RuntimeConfig) -> None:
+    """generate-chunk mapped on `runner` over the benchmark's chunks; chunks whose record exists are not generated
+    again."""
     chunks = chunk(benchmark.items, ev.chunk_size)
     get_run_logger().info("%s: %d prompts in %d chunks", benchmark.name, len(benchmark.items), len(chunks))
-    futures = t.generate_chunk.with_options(**retry).map(
-        chunks, list(range(len(chunks))), unmapped(model), unmapped(bench_dir), unmapped(ev), unmapped(runtime))
+    futures = runner.map(t.generate_chunk.with_options(**retry_options(runtime)), {
+        "items": chunks, "chunk_index": list(range(len(chunks))), "checkpoint": unmapped(model),
+        "out_dir": unmapped(bench_dir), "cfg": unmapped(ev), "runtime": unmapped(runtime)})
     with tqdm(total=len(chunks), desc=f"generate {benchmark.name}", unit="chunk") as bar:
         for future in as_completed(futures):
             future.result()
