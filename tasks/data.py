@@ -35,7 +35,7 @@ def build_shard_group(shards: list[stages.InputShard], out_dir: str, cfg: DataCo
     return stages.run_shards(shards, Path(out_dir), cfg, lazy_model("captioner", Captioner, cfg.caption, runtime),
                              lazy_model("detector", Detector, cfg.detect, runtime),
                              lazy_model("segmenter", Segmenter, cfg.segment, runtime), write_behind=runtime.write_behind,
-                             read_ahead=runtime.read_ahead)
+                             read_ahead=runtime.read_ahead, shard_io=runtime.shard_io)
 
 
 @task(name="write-manifest", **TASK_OPTIONS)

@@ -111,7 +111,7 @@ def test_reading_ahead_gives_the_same_bytes_and_an_ingest_error_surfaces_at_its_
     oracle, cfg, shards, inline = four_shards_written_inline(tmp_path)
     ahead = tmp_path / "ahead"
 
-    real_ingest, real_compose = stages.ingest, stages.compose_ingested
+    real_ingest, real_models = stages.ingest, stages.through_models
     threads, started, overlapped = {}, {}, []
 
     def ingest(shard, icfg):
@@ -121,20 +121,21 @@ def test_reading_ahead_gives_the_same_bytes_and_an_ingest_error_surfaces_at_its_
             raise OSError(5, "Input/output error")
         return real_ingest(shard, icfg)
 
-    def compose(work, *args):
+    def through_models(work, *args):
         # while shard i is in the models, shard i+1's ingest has started (in sequence this would time out)
         if work.shard + 1 < len(shards):
             overlapped.append(started.setdefault(work.shard + 1, threading.Event()).wait(timeout=10))
-        return real_compose(work, *args)
+        return real_models(work, *args)
 
     monkeypatch.setattr(stages, "ingest", ingest)
-    monkeypatch.setattr(stages, "compose_ingested", compose)
+    monkeypatch.setattr(stages, "through_models", through_models)
     failing = False
     ran = []
     reports = stages.run_shards(shards, ahead, cfg, None, oracle, oracle, ran, write_behind=True, read_ahead=True)
     assert ran == [0, 1, 2, 3] and [r.shard for r in reports] == [0, 1, 2, 3]
     assert {p.name: p.read_bytes() for p in ahead.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
-    assert threads == {0: "shard-io_0", 1: "shard-io_0", 2: "shard-io_0", 3: "shard-io_0"}
+    # the first shard here (a worker that is still starting would only be waited for), the others ahead of their turn
+    assert threads == {0: threading.main_thread().name, 1: "shard-io_0", 2: "shard-io_0", 3: "shard-io_0"}
     assert overlapped == [True, True, True]
 
     failing = True
@@ -149,6 +150,33 @@ def test_reading_ahead_gives_the_same_bytes_and_an_ingest_error_surfaces_at_its_
     ran = []
     stages.run_shards(shards, failed, cfg, None, oracle, oracle, ran, write_behind=True, read_ahead=True)
     assert ran == [2, 3]
+    assert {p.name: p.read_bytes() for p in failed.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
+
+
+def test_shard_io_in_a_process_gives_the_same_bytes_and_a_failed_write_stops_the_run_after_its_finished_shards(
+        tmp_path):
+    import os
+
+    from mumu.data.shard_io import background
+
+    with background("process") as submit:
+        assert submit(os.getpid).result() != os.getpid()  # the background work runs in another process
+    oracle, cfg, shards, inline = four_shards_written_inline(tmp_path)
+    apart = tmp_path / "apart"
+    ran = []
+    reports = stages.run_shards(shards, apart, cfg, None, oracle, oracle, ran, True, True, "process")
+    assert ran == [0, 1, 2, 3] and [r.shard for r in reports] == [0, 1, 2, 3]
+    assert {p.name: p.read_bytes() for p in apart.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
+
+    failed = tmp_path / "failed"
+    (failed / "shard-00001.tar").mkdir(parents=True)  # shard 1's tar cannot replace a folder: its write fails
+    with pytest.raises(OSError):
+        stages.run_shards(shards, failed, cfg, None, oracle, oracle, None, True, True, "process")
+    assert sorted(p.name for p in failed.glob("*.report.json")) == ["shard-00000.report.json"]
+    (failed / "shard-00001.tar").rmdir()
+    ran = []
+    stages.run_shards(shards, failed, cfg, None, oracle, oracle, ran, True, True, "process")
+    assert ran == [1, 2, 3]
     assert {p.name: p.read_bytes() for p in failed.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
 
 

@@ -47,6 +47,9 @@ class RuntimeConfig(StrictModel):
     # Within a data task run, ingest (read, decode, resize) the next shard on a second thread while this one is in
     # the models (mumu/data/stages.py run_shards): the same idle core, at the other end of the shard.
     read_ahead: bool = False
+    # Where that background work runs (mumu/data/shard_io.py): a thread, or a process of its own, whose Python
+    # does not hold the GIL the models' thread waits for; a Dask worker (a daemonic process) uses a thread.
+    shard_io: Literal["thread", "process"] = "thread"
     task_retries: int = Field(2, ge=0)
     task_retry_delay_seconds: float = Field(1.0, ge=0.0)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from mumu.data.decode import BadInput, decode_input
 from mumu.data.entities import same_phrase
 from mumu.data.ingest import plan_shards, read_refs
 from mumu.data.scenes import rle_to_mask
+from mumu.data.shard_io import background
 from mumu.data.shards import shard_done, write_manifest, write_shard
 from mumu.data.work import Composed, Entity, GivenObject, InputShard, Item, ShardWork
 
@@ -329,11 +330,16 @@ def compose_shard(shard: InputShard, cfg: DataConfig, captioner: CaptionModel | 
 def compose_ingested(work: ShardWork, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
                      segmenter: SegmentationModel) -> ShardWork:
     """The stages between `ingest` and `write`: the models, then the crops."""
+    return compose(through_models(work, cfg, captioner, detector, segmenter), cfg.compose)
+
+
+def through_models(work: ShardWork, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
+                   segmenter: SegmentationModel) -> ShardWork:
+    """The stages of an ingested shard that call the models: caption, entities, detect, segment."""
     work = caption(work, captioner)
     work = find_entities(work, cfg.entities)
     work = detect(work, detector)
-    work = segment(work, segmenter)
-    return compose(work, cfg.compose)
+    return segment(work, segmenter)
 
 
 def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
@@ -344,59 +350,64 @@ def run_shard(shard: InputShard, out_dir, cfg: DataConfig, captioner: CaptionMod
 
 def run_shards(shards: Sequence[InputShard], out_dir, cfg: DataConfig, captioner: CaptionModel | None,
                detector: DetectionModel, segmenter: SegmentationModel, ran: list[int] | None = None,
-               write_behind: bool = False, read_ahead: bool = False) -> list[ShardReport]:
+               write_behind: bool = False, read_ahead: bool = False, shard_io: str = "thread") -> list[ShardReport]:
     """`run_shard` on each shard whose report does not exist yet (what one task run of the flow does: a retried
     run redoes only its unfinished shards); the index of each shard run now is appended to `ran`.
 
     Both options keep the single-threaded models busy by giving a core they leave idle the rest of the work, on
-    one background thread for both (in order: a shard's write, then the next shard's ingest):
+    one background worker for both (in order: a shard's compose and write, then the next shard's ingest):
     read_ahead: the next shard is ingested (inputs read, decoded, resized) there while this one is in the models;
     an ingest error surfaces when its shard's turn comes, as without it.
-    write_behind: each shard is written (PNG encoding, tar, fsync, sha256) there while the next one goes through
-    the stages before it. A shard's write must finish before the next shard is handed over: its error surfaces
-    there, and no more than two shards' images are held. Whatever ends the run, a write in progress finishes
-    first (leaving its report, or nothing) before the error propagates, so a retry never races it for the same
-    files.
-    One thread, not one each: a background thread running Python when a model op ends keeps the GIL the model
-    waits for (up to the interpreter's 5 ms switch interval, at each of the tiny models' thousands of small ops a
-    shard), so a second one only adds waits; on 2 cores the two never had a core each beside the models anyway
-    (docs/figures.md: build-data)."""
+    write_behind: each shard is composed and written (crops, PNG encoding, tar, fsync, sha256) there while the
+    next one goes through the models. A shard's write must finish before the next shard is handed over: its
+    error surfaces there, and no more than two shards' images are held. Whatever ends the run, a write in
+    progress finishes first (leaving its report, or nothing) before the error propagates, so a retry never races
+    it for the same files.
+    shard_io: where that worker is, "thread" or "process" (mumu/data/shard_io.py; docs/figures.md: build-data)."""
     config_hash = hash_config(cfg)
     reports: dict[int, ShardReport | Future] = {
         s.index: r for s in shards if (r := shard_done(out_dir, s.index, s, config_hash)) is not None}
     todo = [s for s in shards if s.index not in reports]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-io") as worker:
+    with background(shard_io) as submit:
         pending: Future | None = None
-        for shard, ingested in zip(todo, _ingested(todo, cfg, worker if read_ahead else None)):
-            work = compose_ingested(ingested, cfg, captioner, detector, segmenter)
+        for shard, ingested in zip(todo, _ingested(todo, cfg, submit if read_ahead else None)):
+            work = through_models(ingested, cfg, captioner, detector, segmenter)
             if ran is not None:
                 ran.append(shard.index)
             if write_behind:
                 if pending is not None:
                     pending.result()
-                reports[shard.index] = pending = worker.submit(write, work, out_dir, cfg)
+                reports[shard.index] = pending = submit(compose_and_write, work, out_dir, cfg)
             else:
-                reports[shard.index] = write(work, out_dir, cfg)
+                reports[shard.index] = compose_and_write(work, out_dir, cfg)
     return [r.result() if isinstance(r, Future) else r for r in (reports[s.index] for s in shards)]
 
 
-def _ingested(shards: Sequence[InputShard], cfg: DataConfig, reader: ThreadPoolExecutor | None):
-    """`ingest` of each shard in order; with a `reader`, the next shard's runs there while this one is used."""
-    if reader is None:
+def compose_and_write(work: ShardWork, out_dir, cfg: DataConfig) -> ShardReport:
+    """The stages of a shard after the models (what `write_behind` runs in the background)."""
+    return write(compose(work, cfg.compose), out_dir, cfg)
+
+
+def _ingested(shards: Sequence[InputShard], cfg: DataConfig, submit: Callable[..., Future] | None):
+    """`ingest` of each shard in order; with `submit`, the next shard's runs there while this one is used. The
+    first is ingested here: a worker process that is still starting would only be waited for."""
+    if submit is None or not shards:
         yield from (ingest(shard, cfg.ingest) for shard in shards)
         return
-    ahead = [reader.submit(ingest, shard, cfg.ingest) for shard in shards[:1]]
-    for i in range(len(shards)):
-        ahead += [reader.submit(ingest, shards[i + 1], cfg.ingest)] if i + 1 < len(shards) else []
-        yield ahead.pop(0).result()
+    ahead = submit(ingest, shards[1], cfg.ingest) if len(shards) > 1 else None
+    yield ingest(shards[0], cfg.ingest)
+    for i in range(1, len(shards)):
+        current, ahead = ahead, (submit(ingest, shards[i + 1], cfg.ingest) if i + 1 < len(shards) else None)
+        yield current.result()
 
 
 def run_local(
     input_path, out_dir, cfg: DataConfig, captioner: CaptionModel | None, detector: DetectionModel,
-    segmenter: SegmentationModel, config_hash: str, write_behind: bool = False, read_ahead: bool = False
+    segmenter: SegmentationModel, config_hash: str, write_behind: bool = False, read_ahead: bool = False,
+    shard_io: str = "thread",
 ) -> tuple[Manifest, list[int]]:
     """Plan, run every unfinished shard sequentially, write the manifest → (manifest, shards run now)."""
     ran: list[int] = []
     reports = run_shards(plan_shards(input_path, cfg.ingest), out_dir, cfg, captioner, detector, segmenter, ran,
-                         write_behind, read_ahead)
+                         write_behind, read_ahead, shard_io)
     return write_manifest(out_dir, reports, config_hash), ran
