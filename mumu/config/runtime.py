@@ -40,11 +40,11 @@ class RuntimeConfig(StrictModel):
     # ~50 ms per task run, as much as the tiny models spend on a shard; a retried run redoes only its shards that
     # have no report yet. The runs are at least as many as the task runner runs at once (flows/runners.py).
     shards_per_task: int = Field(8, ge=1)
-    # Within a data task run, write each shard (PNG encoding, tar, fsync) on a second thread while the next shard
-    # goes through the models (mumu/data/stages.py run_shards). Pays only where a core is idle beside the
-    # single-threaded models (bench/bench_build_data.py).
+    # Within a data task run, compose and write each shard (crops, PNG encoding, tar, fsync) in the background
+    # while the next shard goes through the models (mumu/data/stages.py run_shards). Pays only where a core is
+    # idle beside the single-threaded models (bench/bench_build_data.py).
     write_behind: bool = False
-    # Within a data task run, ingest (read, decode, resize) the next shard on a second thread while this one is in
+    # Within a data task run, ingest (read, decode, resize) the next shard in the background while this one is in
     # the models (mumu/data/stages.py run_shards): the same idle core, at the other end of the shard.
     read_ahead: bool = False
     # Where that background work runs (mumu/data/shard_io.py): a thread, or a process of its own, whose Python
