@@ -42,8 +42,14 @@ def test_the_thread_runner_runs_data_tasks_per_worker_data_runs_per_worker_at_on
     assert concurrent_tasks(runtime(workers=3, data_tasks_per_worker=4, task_runner="dask")) == 3  # a process each
     assert concurrent_tasks(runtime(workers=2, data_tasks_per_worker=1), per_worker=4) == 8  # generation's own
     # 24 shards of 8 per run: 3 runs at one a time, 4 when 4 run at once
-    assert [len(g) for g in shard_groups(list(range(24)), runtime(data_tasks_per_worker=1))] == [8, 8, 8]
-    assert [len(g) for g in shard_groups(list(range(24)), runtime(data_tasks_per_worker=4))] == [6, 6, 6, 6]
+    def sizes(n, **kw):
+        return [len(g) for g in shard_groups(list(range(n)), runtime(**kw))]
+
+    assert sizes(24, data_tasks_per_worker=1, shards_per_task=8) == [8, 8, 8]
+    assert sizes(24, data_tasks_per_worker=4, shards_per_task=8) == [6, 6, 6, 6]
+    # tiny's own (128 a run): one run for the bench's 96 shards, as many as run at once when more run at once
+    assert sizes(96, data_tasks_per_worker=1) == [96]
+    assert sizes(96, data_tasks_per_worker=4) == [24, 24, 24, 24]
 
 
 def test_a_group_redoes_only_its_unfinished_shards_with_the_same_bytes(tmp_path):

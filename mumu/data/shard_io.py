@@ -18,9 +18,11 @@ from concurrent.futures.process import BrokenProcessPool
 def background(shard_io: str):
     """`submit(fn, *args) -> Future` of the run's background worker; on leaving, all it was given has finished."""
     if shard_io == "process" and not multiprocessing.current_process().daemon:
-        pool, submitted = _process_pool(), []
+        pool, submitted = None, []
 
         def submit(fn, *args):
+            nonlocal pool
+            pool = pool or _process_pool()  # on first use: a run that submits nothing starts no process
             submitted.append(pool.submit(fn, *args))
             return submitted[-1]
 
