@@ -160,18 +160,26 @@ def test_reading_ahead_gives_the_same_bytes_and_an_ingest_error_surfaces_at_its_
 
 
 def test_shard_io_in_a_process_gives_the_same_bytes_and_a_failed_write_stops_the_run_after_its_finished_shards(
-        tmp_path):
+        tmp_path, monkeypatch):
     import os
 
     from mumu.data.shard_io import background
 
     with background("process") as submit:
         assert submit(os.getpid).result() != os.getpid()  # the background work runs in another process
+    kinds = []
+
+    def recorded(kind):
+        kinds.append(kind)
+        return background(kind)
+
+    monkeypatch.setattr(stages, "background", recorded)
     oracle, cfg, shards, inline = four_shards_written_inline(tmp_path)
     apart = tmp_path / "apart"
     ran = []
     reports = stages.run_shards(shards, apart, cfg, None, oracle, oracle, ran, True, True, "process")
     assert ran == [0, 1, 2, 3] and [r.shard for r in reports] == [0, 1, 2, 3]
+    assert kinds[-1] == "process"  # run_shards hands its work to that process
     assert {p.name: p.read_bytes() for p in apart.iterdir()} == {p.name: p.read_bytes() for p in inline.iterdir()}
 
     failed = tmp_path / "failed"
