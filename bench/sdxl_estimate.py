@@ -3,6 +3,7 @@
 bytes the cache stores per sample, parameters and the activation memory behind the per-GPU estimate.
 
     python bench/sdxl_estimate.py [--crop-side 980] [--images 3] [--text-tokens 58] [--json]
+    python bench/sdxl_estimate.py --variants    # mumu-sdxl with one departure from the paper at a time
 
 Each profile's MumuModel is assembled from the published configs bundled in models/configs/ inside
 models.hf.empty_weights() (PyTorch's meta device: shapes only, no weights, seconds on a laptop). Forward FLOPs
@@ -36,6 +37,21 @@ from models.hf import empty_weights  # noqa: E402
 # (label, profile, overrides): the profiles as they are, and mumu-sdxl with the vision cache its rule leaves off.
 PROFILES = (("mumu-sdxl", "mumu-sdxl", {}), ("mumu-sdxl + vision cache", "mumu-sdxl", {"train.features.vision": True}),
             ("unimo-g", "unimo-g", {}))
+# `--variants`: mumu-sdxl with one departure from the paper at a time (each row names what it departs from), all
+# with the feature cache their config allows: what it would take to reach the FLOP goal set on the old 59.7 T.
+_FROZEN_VLM = {"model.encoder.train_language_model": "frozen", "model.encoder.lora.enabled": False,
+               "model.encoder.lora_projector": False, "train.features.prompt": True}
+_PERCEIVER = {"model.encoder.bypass_resampler": False, "model.encoder.image_tokens": 64}
+VARIANTS = (
+    ("MUMU as published (mumu-sdxl)", {}),
+    ("+ vision cache (not a departure; 34 MB a sample)", {"train.features.vision": True}),
+    ("no gradient checkpointing (LM, UNet)", {"model.encoder.gradient_checkpointing": False,
+                                              "model.decoder.gradient_checkpointing": False}),
+    ("perceiver, 64 tokens an image (§3 ablates it)", _PERCEIVER),
+    ("perceiver + vision cache", {**_PERCEIVER, "train.features.vision": True}),
+    ("VLM frozen + prompt cache (Table 1: LoRA on it)", _FROZEN_VLM),
+    ("VLM frozen + perceiver + prompt cache (both)", {**_FROZEN_VLM, **_PERCEIVER}),
+)
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -139,13 +155,14 @@ def part_flops(model, cfg, crop_side: int, images: int, text_tokens: int) -> dic
     return out
 
 
-def step_flops(f: dict, cfg, cached: bool) -> dict:
+def step_flops(f: dict, cfg, cached: bool, images: int) -> dict:
     """FLOPs of one training sample per part: forward x the multiplier the profile's training implies.
 
     Trained fully: 3F (forward + activation and weight gradients); frozen weights that gradients pass through
     (LoRA layers, or parts upstream of trained ones): 2F (LoRA weight gradients ~2 % extra, left out); frozen with
     nothing trained upstream: F, under no_grad; gradient checkpointing: +F of each block it recomputes. With the cache a cached part costs
-    nothing, except its share computed from pixels (MUMU's augmented crops)."""
+    nothing, except its share computed from pixels (MUMU's augmented crops): per image for the vision cache, per
+    prompt for the prompt cache (one augmented image of `images` puts the whole prompt through the encoder)."""
     m, tr, feat = cfg.model, cfg.train, cfg.train.features
     enc, dec = m.encoder, m.decoder
     lora_lm, lora_proj = enc.train_language_model == "lora", enc.train_language_model == "lora" and enc.lora_projector
@@ -164,8 +181,9 @@ def step_flops(f: dict, cfg, cached: bool) -> dict:
     }
     prompt_cached = cached and feat.prompt and enc.train_language_model == "frozen" and enc.freeze_vision
     if prompt_cached:  # the whole prompt path comes from disk (UNIMO-G: no augmentation)
-        out.update(vision_tower=aug * out["vision_tower"], projection=aug * out["projection"],
-                   perceiver=aug * out["perceiver"], language_model=aug * out["language_model"])
+        share = 1 - (1 - aug) ** images  # prompts with at least one augmented image
+        out.update(vision_tower=share * out["vision_tower"], projection=share * out["projection"],
+                   perceiver=share * out["perceiver"], language_model=share * out["language_model"])
     elif cached and feat.vision and enc.freeze_vision:  # only augmented crops go through the tower
         out["vision_tower"] = aug * out["vision_tower"]
     out["total"] = sum(out.values())
@@ -228,8 +246,11 @@ def estimate(label: str, profile: str, overrides: dict, crop_side: int, images: 
     with empty_weights():
         model = MumuModel.from_config(cfg.model)
     f = part_flops(model, cfg, crop_side, images, text_tokens)
-    return {"profile": label, "forward": f, "unet_checkpointing": cfg.model.decoder.gradient_checkpointing, "uncached": step_flops(f, cfg, False),
-            "cached": step_flops(f, cfg, True), "cache_bytes": cache_bytes(f, cfg, images, text_tokens),
+    enc = cfg.model.encoder
+    return {"profile": label, "forward": f, "unet_checkpointing": cfg.model.decoder.gradient_checkpointing,
+            "lm_checkpointing": enc.gradient_checkpointing, "lm_trained": enc.train_language_model != "frozen",
+            "uncached": step_flops(f, cfg, False, images), "cached": step_flops(f, cfg, True, images),
+            "cache_bytes": cache_bytes(f, cfg, images, text_tokens),
             "memory": memory(model, cfg, f["tokens"])}
 
 
@@ -262,6 +283,19 @@ def report(results: list[dict], baseline: float) -> None:
             for b, t in r["forward"]["unet_blocks"].items()))
 
 
+def report_variants(crop_sides: tuple[int, ...], images: int, text_tokens: int, baseline: float) -> None:
+    print(f"\nmumu-sdxl, one departure at a time, trained from the cache its config allows (TFLOPs a sample; "
+          f"x = / {baseline / 1e12:.1f} T; GB = kept for backward a sample)")
+    print(f"  {'variant':50s} {'tokens':>6s} " + " ".join(f"{f'{c} px crops':>18s}" for c in crop_sides) + f" {'GB':>5s}")
+    for label, overrides in VARIANTS:
+        rows = [estimate(label, "mumu-sdxl", overrides, c, images, text_tokens) for c in crop_sides]
+        mem = rows[0]["memory"]
+        lm = mem["lm_saved_batch1_checkpointed" if rows[0]["lm_checkpointing"] else "lm_saved_batch1"]
+        kept = mem["unet_saved_batch1"] + mem["connector_saved_batch1"] + lm * rows[0]["lm_trained"]
+        cells = " ".join(f"{r['cached']['total'] / 1e12:10.1f} {r['cached']['total'] / baseline:5.2f}x " for r in rows)
+        print(f"  {label:50s} {rows[0]['forward']['tokens']:6d} {cells} {kept / 1e9:5.1f}")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--crop-side", type=int, default=980)
@@ -269,6 +303,9 @@ if __name__ == "__main__":
     ap.add_argument("--text-tokens", type=int, default=58)
     ap.add_argument("--baseline", type=float, default=59.7e12, help="the stale estimate's FLOPs per sample")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--variants", action="store_true", help="mumu-sdxl with one departure at a time, 980 and 378 px")
     a = ap.parse_args()
+    if a.variants:
+        raise SystemExit(report_variants((980, 378), a.images, a.text_tokens, a.baseline))
     rows = [estimate(*p, a.crop_side, a.images, a.text_tokens) for p in PROFILES]
     print(json.dumps(rows, indent=1, default=float)) if a.json else report(rows, a.baseline)
