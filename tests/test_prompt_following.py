@@ -1,10 +1,11 @@
 """The trained model follows its prompt: text prompts and image prompts, each to its own target.
 
-The tiny profile's own model and recipe (mumu/profiles/tiny.yaml) are trained from scratch on the toy task
-of mumu.eval.prompt_following (K = 4 emoji subjects, each prompted by its name or by its picture alone),
-then every prompt is sampled from the same noise seeds and each image is assigned to its nearest target.
-Cutting the condition must make the score fail: a model trained with prompts shuffled against targets, and
-the trained model with its connector's output zeroed.
+The tiny profile's model (mumu/profiles/tiny.yaml) is trained from scratch on the toy task of
+mumu.eval.prompt_following (K = 4 emoji subjects, each prompted by its name or by its picture alone), then
+every prompt is sampled from the same noise seeds and each image is assigned to its nearest target. Two
+prompt paths are trained (RECIPES): tiny's own, MUMU's, and UNIMO-G's (the unimo-g profile's).
+Cutting the condition must make the score fail: a model trained with prompts shuffled against targets, the
+trained model with its connector's output zeroed, and with its image features zeroed (image prompts only).
 """
 
 from pathlib import Path
@@ -21,17 +22,25 @@ from mumu.train.loop import train
 
 K, N_IMAGES, STEPS, SEED = 4, 4, 200, 1234
 EMOJI = SAMPLES_DIR.parent / "emoji"
+# The prompt paths: MUMU's (tiny's own: the perceiver bypassed, each image's patch features pooled, LoRA on the
+# MLLM) and UNIMO-G's (the MLLM frozen, images read through its perceiver; only the connector and UNet train).
+RECIPES = {
+    "mumu": {},
+    "unimo-g": {"model.encoder.train_language_model": "frozen", "model.encoder.lora.enabled": False,
+                "model.encoder.lora_projector": False, "model.encoder.bypass_resampler": False},
+}
 
 
-def _profile():
+def _profile(recipe: str = "mumu"):
     return load_profile("tiny", {
         "train.tune.batch_size": 8, "train.tune.max_steps": STEPS, "train.tune.warmup_steps": 10,
         "train.tune.checkpoint_every": STEPS, "train.tune.sample_every": 0, "train.tune.attn_loss.weight": 0.0,
+        **RECIPES[recipe],
     })
 
 
-def _train(out: Path, shuffle_targets: bool) -> MumuSampler:
-    profile = _profile()
+def _train(out: Path, shuffle_targets: bool, recipe: str = "mumu") -> MumuSampler:
+    profile = _profile(recipe)
     subjects = toy_subjects(EMOJI, K, profile.model.decoder.resolution)
     result = train("tune", profile, [], out, resume=False, iterate=toy_iterate(subjects, shuffle_targets=shuffle_targets))
     assert result.steps == STEPS and np.isfinite(result.losses).all()
@@ -43,9 +52,9 @@ def subjects():
     return toy_subjects(EMOJI, K, _profile().model.decoder.resolution)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> MumuSampler:
-    return _train(tmp_path_factory.mktemp("follow"), shuffle_targets=False)
+@pytest.fixture(scope="module", params=list(RECIPES))
+def trained(request, tmp_path_factory) -> MumuSampler:
+    return _train(tmp_path_factory.mktemp(f"follow-{request.param}"), shuffle_targets=False, recipe=request.param)
 
 
 def test_toy_task_is_well_posed(subjects):
@@ -89,6 +98,18 @@ def test_zeroed_condition_fails(trained, subjects, monkeypatch):
     print(f"zeroed condition: accuracy {score.accuracy}, spread {score.spread}")
     assert max(score.accuracy.values()) <= 1.0 / K + 1e-9, score.accuracy
     assert max(score.spread.values()) < 1.0, score.spread
+
+
+def test_zeroed_image_features_fail_image_prompts(trained, subjects, monkeypatch):
+    """The trained model with every prompt image's features zeroed where they enter the MLLM (after the pooled
+    projection, or the perceiver): image prompts become one prompt, text prompts are untouched."""
+    encoder = trained.model.encoder
+    real = encoder.project_features
+    monkeypatch.setattr(encoder, "project_features", lambda *a: torch.zeros_like(real(*a)))
+    score = score_following(trained, subjects, n=N_IMAGES, seed=SEED)
+    print(f"zeroed image features: accuracy {score.accuracy}, spread {score.spread}")
+    assert score.accuracy["image"] <= 1.0 / K + 1e-9 and score.spread["image"] < 1.0, score
+    assert score.accuracy["text"] >= 0.9, score.accuracy
 
 
 def test_prompts_shuffled_against_targets_fail(tmp_path, subjects):
