@@ -36,6 +36,14 @@ class ToySubject:
     target: Image.Image  # RGB, size x size: the picture every prompt of this subject should produce
     prompt_image: Image.Image  # RGB: the emoji on white, as a prompt segment
     mask: np.ndarray  # bool, size x size: where the emoji is in the target (the entity mask)
+    emoji: Image.Image  # RGBA, as bundled
+    background: tuple[int, int, int]
+
+    def placed(self, rng: np.random.Generator, scale: float) -> tuple[Image.Image, np.ndarray]:
+        """A target with the emoji at `scale` of the side at a random position, and its mask there."""
+        size, side = self.target.size[0], int(self.target.size[0] * scale)
+        x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
+        return _composed(self.emoji, side, (x, y), size, self.background)
 
     def prompt(self, kind: str) -> list:
         if kind == "text":
@@ -54,21 +62,30 @@ def toy_subjects(emoji_dir: str | Path, k: int = 4, size: int = 64, scale: float
     for file, colour in TOY_SUBJECTS[:k]:
         emoji = Image.open(emoji_dir / file).convert("RGBA")
         side = int(size * scale)
-        small = emoji.resize((side, side), Image.Resampling.LANCZOS)
-        layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-        layer.paste(small, ((size - side) // 2, (size - side) // 2))
-        target = Image.alpha_composite(Image.new("RGBA", (size, size), (*PLAIN[colour], 255)), layer).convert("RGB")
+        target, mask = _composed(emoji, side, ((size - side) // 2, (size - side) // 2), size, PLAIN[colour])
         white = Image.new("RGBA", emoji.size, (255, 255, 255, 255))
         prompt_image = Image.alpha_composite(white, emoji).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
-        out.append(ToySubject(names[file], target, prompt_image, np.asarray(layer)[:, :, 3] > 127))
+        out.append(ToySubject(names[file], target, prompt_image, mask, emoji, PLAIN[colour]))
     return out
 
 
+def _composed(emoji: Image.Image, side: int, xy: tuple[int, int], size: int,
+              background: tuple[int, int, int]) -> tuple[Image.Image, np.ndarray]:
+    """(RGB picture: the emoji resized to side x side at xy on the background, bool mask of its opaque pixels)."""
+    layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    layer.paste(emoji.resize((side, side), Image.Resampling.LANCZOS), xy)
+    target = Image.alpha_composite(Image.new("RGBA", (size, size), (*background, 255)), layer).convert("RGB")
+    return target, np.asarray(layer)[:, :, 3] > 127
+
+
 def toy_batches(subjects: Sequence[ToySubject], batch_size: int, seed: int, start_step: int = 0,
-                kinds: Sequence[str] = KINDS, shuffle_targets: bool = False) -> Iterator[list[Example]]:
+                kinds: Sequence[str] = KINDS, shuffle_targets: bool = False,
+                placed_scale: float | None = None) -> Iterator[list[Example]]:
     """Endless batches of (prompt -> target) Examples; batch i depends only on (seed, i), so a resumed run
     reads the same stream. shuffle_targets=True pairs each prompt with a random subject's target instead:
-    the condition then carries nothing, which a test of the task must detect."""
+    the condition then carries nothing, which a test of the task must detect. placed_scale: each target
+    instead shows the emoji at that fraction of the side at a random position, its entity mask with it (where
+    a subject is can then only be read from the noisy picture, as in a real scene)."""
     i = start_step
     while True:
         rng = np.random.default_rng([seed, i])
@@ -77,8 +94,8 @@ def toy_batches(subjects: Sequence[ToySubject], batch_size: int, seed: int, star
             s = subjects[int(rng.integers(len(subjects)))]
             kind = kinds[int(rng.integers(len(kinds)))]
             t = subjects[int(rng.integers(len(subjects)))] if shuffle_targets else s
-            masks = [t.mask] if kind == "image" else []
-            batch.append(Example(f"toy-{i}-{j}", s.prompt(kind), t.target, masks))
+            target, mask = (t.target, t.mask) if placed_scale is None else t.placed(rng, placed_scale)
+            batch.append(Example(f"toy-{i}-{j}", s.prompt(kind), target, [mask] if kind == "image" else []))
         yield batch
         i += 1
 
