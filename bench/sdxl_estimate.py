@@ -306,6 +306,7 @@ if __name__ == "__main__":
     ap.add_argument("--variants", action="store_true", help="mumu-sdxl with one departure at a time, 980 and 378 px")
     a = ap.parse_args()
     if a.variants:
-        raise SystemExit(report_variants((980, 378), a.images, a.text_tokens, a.baseline))
-    rows = [estimate(*p, a.crop_side, a.images, a.text_tokens) for p in PROFILES]
-    print(json.dumps(rows, indent=1, default=float)) if a.json else report(rows, a.baseline)
+        report_variants((980, 378), a.images, a.text_tokens, a.baseline)
+    else:
+        rows = [estimate(*p, a.crop_side, a.images, a.text_tokens) for p in PROFILES]
+        print(json.dumps(rows, indent=1, default=float)) if a.json else report(rows, a.baseline)

@@ -42,9 +42,7 @@ class AttentionStore:
     resolutions: set[int] = field(default_factory=set)  # layer resolutions (h) seen by the last forward
 
     def layer_hw(self, q: int) -> tuple[int, int]:
-        lh, lw = self.latent_hw
-        scale = math.sqrt(lh * lw / q)
-        return round(lh / scale), round(lw / scale)
+        return layer_hw(self.latent_hw, q)
 
     def add(self, name: str, probs: torch.Tensor) -> None:
         """probs: [B, heads, Q, L]. The reduction runs even when not recording, so a gradient-checkpoint
@@ -109,6 +107,18 @@ def install_capture(unet) -> AttentionStore:
     return store
 
 
+def layer_hw(latent_hw: tuple[int, int], q: int) -> tuple[int, int]:
+    """The h x w of a layer whose maps have q query pixels, for latents of latent_hw (same aspect ratio)."""
+    lh, lw = latent_hw
+    scale = math.sqrt(lh * lw / q)
+    return round(lh / scale), round(lw / scale)
+
+
+def masks_at(entity_masks: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """[B, K, H, W] masks in [0, 1] -> [B, K, h, w], area-averaged: the target a layer's maps are compared with."""
+    return F.interpolate(entity_masks, size=hw, mode="area")
+
+
 def entity_maps(probs: torch.Tensor, entity_token_mask: torch.Tensor, token_reduce: str) -> torch.Tensor:
     """[B, heads, Q, L] probabilities -> [B, K, Q] per-entity maps (mean over heads)."""
     weights = entity_token_mask.to(probs.dtype)
@@ -132,13 +142,11 @@ def attention_mask_loss(
     """
     if not maps or not bool(valid.any()):
         return entity_masks.new_zeros(())
-    lh, lw = latent_hw
     per_layer = []
     for m in maps:
         b, k, q = m.shape
-        scale = math.sqrt(lh * lw / q)
-        h, w = round(lh / scale), round(lw / scale)
-        target = F.interpolate(entity_masks.to(m.dtype), size=(h, w), mode="area")
+        h, w = layer_hw(latent_hw, q)
+        target = masks_at(entity_masks.to(m.dtype), (h, w))
         per_layer.append((m.view(b, k, h, w) - target).abs().mean(dim=(-1, -2)))  # [B, K]
     per_entity = torch.stack(per_layer).mean(0)
     v = valid.to(per_entity)  # dtype and device: `valid` may be kept on the CPU (full-size meta check)

@@ -11,14 +11,12 @@ A map that ignores where the subject is has the same mass on both sides; the mod
 concentrate it inside at every layer resolution, and the model trained without it (the cut) must not.
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import models.mumu_model
+from models.attention import layer_hw, masks_at
 from mumu import SAMPLES_DIR
 from mumu.config import load_profile
 from mumu.config.train import AttnLossConfig
@@ -58,12 +56,12 @@ def _train_and_measure(weight: float, out, monkeypatch) -> dict:
     with torch.no_grad():
         for _ in range(HELD_BATCHES):
             l1.append(model.training_loss(model.prepare(next(held)), generator, AttnLossConfig(weight=1.0))["attn"])
-    for maps, (lh, lw), masks in seen:
+    for maps, latent_hw, masks in seen:
         for m in maps:
             b, k, q = m.shape
-            side = round(math.sqrt(q * lw / lh))  # the layer's width; its height is q / width
-            inside = F.interpolate(masks.float(), size=(q // side, side), mode="area").view(b, k, q) > 0.5
-            mass.setdefault(q // side, []).append((m[inside].mean().item(), m[~inside].mean().item()))
+            h, w = layer_hw(latent_hw, q)
+            inside = masks_at(masks.float(), (h, w)).view(b, k, q) > 0.5
+            mass.setdefault(h, []).append((m[inside].mean().item(), m[~inside].mean().item()))
     assert len(seen) == HELD_BATCHES and len(mass) >= 2  # the tiny UNet's cross-attention runs at two resolutions
     return {"l1": float(np.mean([v.item() for v in l1])),
             "mass": {h: tuple(np.mean(v, axis=0)) for h, v in sorted(mass.items())}}
