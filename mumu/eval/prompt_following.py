@@ -8,8 +8,12 @@ A model trained on (prompt -> target) pairs is then sampled for every prompt fro
 and each image is assigned to its nearest target in pixel space. Chance is 1/K; a model that ignores its
 condition draws the same image for every prompt from one seed, so at most one prompt per seed can be right.
 
-Used by tests/test_prompt_following.py (the model learns its condition, in CI) and bench/recipe_probe.py
-(which recipe makes a from-scratch UNet learn it).
+Two subjects in one prompt ("a cactus and a whale", or each one's picture in its place) name a target with the
+first subject's panel on the left half and the second's on the right: each half is scored against the K
+panels, so the model must read both entities and their order (score_pairs).
+
+Used by tests/test_prompt_following.py and tests/test_multi_entity_following.py (the model learns its
+condition, in CI) and bench/recipe_probe.py (which recipe makes a from-scratch UNet learn it).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from mumu.data.scenes import PLAIN, load_emoji_names
 from mumu.train.data import Example
 
 KINDS = ("text", "image")
+PANEL_SCALE = 0.85  # the emoji's side in a two-subject target, as a share of its half's width
 # (emoji file, background colour): subjects far apart in colour, on backgrounds far apart too.
 TOY_SUBJECTS = (("1f335.webp", "pink"), ("1f40b.webp", "yellow"), ("1f34c.webp", "blue"), ("1f345.webp", "teal"),
                 ("1f9c1.webp", "green"), ("1f98e.webp", "purple"))
@@ -43,7 +48,13 @@ class ToySubject:
         """A target with the emoji at `scale` of the side at a random position, and its mask there."""
         size, side = self.target.size[0], int(self.target.size[0] * scale)
         x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
-        return _composed(self.emoji, side, (x, y), size, self.background)
+        return _composed(self.emoji, side, (x, y), (size, size), self.background)
+
+    def panel(self) -> tuple[Image.Image, np.ndarray]:
+        """The subject's half of a two-subject target: the emoji centred in a half-width panel on its background."""
+        size = self.target.size[0]
+        width, side = size // 2, int(size // 2 * PANEL_SCALE)
+        return _composed(self.emoji, side, ((width - side) // 2, (size - side) // 2), (width, size), self.background)
 
     def prompt(self, kind: str) -> list:
         if kind == "text":
@@ -62,42 +73,85 @@ def toy_subjects(emoji_dir: str | Path, k: int = 4, size: int = 64, scale: float
     for file, colour in TOY_SUBJECTS[:k]:
         emoji = Image.open(emoji_dir / file).convert("RGBA")
         side = int(size * scale)
-        target, mask = _composed(emoji, side, ((size - side) // 2, (size - side) // 2), size, PLAIN[colour])
+        target, mask = _composed(emoji, side, ((size - side) // 2, (size - side) // 2), (size, size), PLAIN[colour])
         white = Image.new("RGBA", emoji.size, (255, 255, 255, 255))
         prompt_image = Image.alpha_composite(white, emoji).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
         out.append(ToySubject(names[file], target, prompt_image, mask, emoji, PLAIN[colour]))
     return out
 
 
-def _composed(emoji: Image.Image, side: int, xy: tuple[int, int], size: int,
+def _composed(emoji: Image.Image, side: int, xy: tuple[int, int], canvas: tuple[int, int],
               background: tuple[int, int, int]) -> tuple[Image.Image, np.ndarray]:
-    """(RGB picture: the emoji resized to side x side at xy on the background, bool mask of its opaque pixels)."""
-    layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    """(RGB picture of `canvas` (w, h): the emoji resized to side x side at xy on the background, bool mask of its
+    opaque pixels)."""
+    layer = Image.new("RGBA", canvas, (0, 0, 0, 0))
     layer.paste(emoji.resize((side, side), Image.Resampling.LANCZOS), xy)
-    target = Image.alpha_composite(Image.new("RGBA", (size, size), (*background, 255)), layer).convert("RGB")
+    target = Image.alpha_composite(Image.new("RGBA", canvas, (*background, 255)), layer).convert("RGB")
     return target, np.asarray(layer)[:, :, 3] > 127
+
+
+def pair_prompt(first: ToySubject, second: ToySubject, kind: str) -> list:
+    """A two-entity prompt: "a cactus and a whale", or each subject's picture in their place."""
+    if kind == "text":
+        return [f"a {first.name} and a {second.name}"]
+    if kind == "image":
+        return ["a", first.prompt_image, "and a", second.prompt_image]
+    raise ValueError(f"unknown prompt kind {kind!r}: choose one of {KINDS}")
+
+
+def pair_target(first: ToySubject, second: ToySubject) -> tuple[Image.Image, list[np.ndarray]]:
+    """The picture a two-entity prompt names: the first subject's panel on the left half, the second's on the
+    right (so the order of the prompt decides where each goes), and each entity's mask in it."""
+    size = first.target.size[0]
+    target, masks = Image.new("RGB", (size, size)), []
+    for x, subject in ((0, first), (size // 2, second)):
+        panel, panel_mask = subject.panel()
+        target.paste(panel, (x, 0))
+        mask = np.zeros((size, size), bool)
+        mask[:, x:x + panel.size[0]] = panel_mask
+        masks.append(mask)
+    return target, masks
 
 
 def toy_batches(subjects: Sequence[ToySubject], batch_size: int, seed: int, start_step: int = 0,
                 kinds: Sequence[str] = KINDS, shuffle_targets: bool = False,
-                placed_scale: float | None = None) -> Iterator[list[Example]]:
+                placed_scale: float | None = None, entities: int = 1) -> Iterator[list[Example]]:
     """Endless batches of (prompt -> target) Examples; batch i depends only on (seed, i), so a resumed run
     reads the same stream. shuffle_targets=True pairs each prompt with a random subject's target instead:
     the condition then carries nothing, which a test of the task must detect. placed_scale: each target
     instead shows the emoji at that fraction of the side at a random position, its entity mask with it (where
-    a subject is can then only be read from the noisy picture, as in a real scene)."""
+    a subject is can then only be read from the noisy picture, as in a real scene). entities=2: each prompt
+    names an ordered pair of distinct subjects, drawn side by side in that order (pair_prompt, pair_target)."""
+    if entities not in (1, 2):
+        raise ValueError(f"entities must be 1 or 2, not {entities}")
+    if entities == 2 and placed_scale is not None:
+        raise ValueError("placed_scale places one subject; a two-subject target has each in its half")
     i = start_step
     while True:
         rng = np.random.default_rng([seed, i])
         batch = []
         for j in range(batch_size):
-            s = subjects[int(rng.integers(len(subjects)))]
-            kind = kinds[int(rng.integers(len(kinds)))]
-            t = subjects[int(rng.integers(len(subjects)))] if shuffle_targets else s
-            target, mask = (t.target, t.mask) if placed_scale is None else t.placed(rng, placed_scale)
-            batch.append(Example(f"toy-{i}-{j}", s.prompt(kind), target, [mask] if kind == "image" else []))
+            prompt, target, masks = (_single_example(subjects, rng, kinds, shuffle_targets, placed_scale)
+                                     if entities == 1 else _pair_example(subjects, rng, kinds, shuffle_targets))
+            batch.append(Example(f"toy-{i}-{j}", prompt, target, masks))
         yield batch
         i += 1
+
+
+def _single_example(subjects, rng, kinds, shuffle_targets, placed_scale) -> tuple[list, Image.Image, list]:
+    s = subjects[int(rng.integers(len(subjects)))]
+    kind = kinds[int(rng.integers(len(kinds)))]
+    t = subjects[int(rng.integers(len(subjects)))] if shuffle_targets else s
+    target, mask = (t.target, t.mask) if placed_scale is None else t.placed(rng, placed_scale)
+    return s.prompt(kind), target, [mask] if kind == "image" else []
+
+
+def _pair_example(subjects, rng, kinds, shuffle_targets) -> tuple[list, Image.Image, list]:
+    first, second = (subjects[int(k)] for k in rng.choice(len(subjects), 2, replace=False))
+    kind = kinds[int(rng.integers(len(kinds)))]
+    shown = [subjects[int(k)] for k in rng.choice(len(subjects), 2, replace=False)] if shuffle_targets else (first, second)
+    target, masks = pair_target(*shown)
+    return pair_prompt(first, second, kind), target, masks if kind == "image" else []
 
 
 def toy_iterate(subjects: Sequence[ToySubject], **options):
@@ -107,14 +161,13 @@ def toy_iterate(subjects: Sequence[ToySubject], **options):
     return iterate
 
 
-def _pixels(images: Sequence[Image.Image], size: int) -> np.ndarray:
-    return np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BOX), np.float32)
-                     for im in images])
+def _pixels(images: Sequence[Image.Image], size: tuple[int, int]) -> np.ndarray:
+    return np.stack([np.asarray(im.convert("RGB").resize(size, Image.Resampling.BOX), np.float32) for im in images])
 
 
 def nearest_target(images: Sequence[Image.Image], targets: Sequence[Image.Image]) -> np.ndarray:
     """Index of the nearest target (L2 in RGB pixel space at the targets' size) for each image."""
-    size = targets[0].size[0]
+    size = targets[0].size
     x, t = _pixels(images, size).reshape(len(images), -1), _pixels(targets, size).reshape(len(targets), -1)
     d = (x**2).sum(1)[:, None] - 2 * x @ t.T + (t**2).sum(1)[None, :]
     return d.argmin(1)
@@ -123,7 +176,7 @@ def nearest_target(images: Sequence[Image.Image], targets: Sequence[Image.Image]
 def prompt_spread(images_by_prompt: Sequence[Sequence[Image.Image]]) -> float:
     """Mean std (0..255) across prompts of the images drawn from the same noise seed: 0 when the prompt
     changes nothing."""
-    size = images_by_prompt[0][0].size[0]
+    size = images_by_prompt[0][0].size
     arr = np.stack([_pixels(imgs, size) for imgs in images_by_prompt])  # [P, n, H, W, 3]
     return float(arr.std(axis=0).mean())
 
@@ -150,3 +203,38 @@ def score_following(sampler, subjects: Sequence[ToySubject], n: int = 4, seed: i
         spread[kind] = prompt_spread(imgs)
         images[kind] = imgs
     return FollowingScore(acc, spread, 1.0 / len(subjects), images)
+
+
+def ordered_pairs(k: int) -> list[tuple[int, int]]:
+    return [(a, b) for a in range(k) for b in range(k) if a != b]
+
+
+@dataclass
+class PairScore:
+    # per prompt kind: share of images whose left half is nearest to the first subject's panel ("first"), whose
+    # right half is nearest to the second's ("second"), and both at once ("both")
+    accuracy: dict[str, dict[str, float]]
+    chance: float  # of one half: 1/K
+    images: dict[str, list[list[Image.Image]]]  # kind -> per ordered pair (ordered_pairs) -> n images
+
+
+def score_pairs(sampler, subjects: Sequence[ToySubject], n: int = 4, seed: int = 0, *,
+                kinds: Sequence[str] = KINDS) -> PairScore:
+    """Sample n images for every ordered pair of subjects and prompt kind (image i of every prompt from seed + i),
+    and assign each half of each image to its nearest subject panel. Both orders of every pair are asked for, so a
+    model that ignores the order of its prompt gets at most half of the halves right."""
+    pairs, panels = ordered_pairs(len(subjects)), [s.panel()[0] for s in subjects]
+    size = subjects[0].target.size[0]
+    accuracy, images = {}, {}
+    for kind in kinds:
+        imgs = sampler.generate_batch([pair_prompt(subjects[a], subjects[b], kind) for a, b in pairs], n=n, seed=seed)
+        first, second = [], []
+        for (a, b), row in zip(pairs, imgs):
+            whole = [im.convert("RGB").resize((size, size), Image.Resampling.BOX) for im in row]
+            first.append(nearest_target([im.crop((0, 0, size // 2, size)) for im in whole], panels) == a)
+            second.append(nearest_target([im.crop((size // 2, 0, size, size)) for im in whole], panels) == b)
+        first, second = np.array(first), np.array(second)
+        accuracy[kind] = {"first": float(first.mean()), "second": float(second.mean()),
+                          "both": float((first & second).mean())}
+        images[kind] = imgs
+    return PairScore(accuracy, 1.0 / len(subjects), images)
