@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mumu.config.train import AugmentConfig
 from mumu.data.scenes import PLAIN, load_emoji_names
+from mumu.train.augment import augment_prompt_images
 from mumu.train.data import Example
 
 KINDS = ("text", "image")
@@ -115,13 +117,16 @@ def pair_target(first: ToySubject, second: ToySubject) -> tuple[Image.Image, lis
 
 def toy_batches(subjects: Sequence[ToySubject], batch_size: int, seed: int, start_step: int = 0,
                 kinds: Sequence[str] = KINDS, shuffle_targets: bool = False,
-                placed_scale: float | None = None, entities: int = 1) -> Iterator[list[Example]]:
+                placed_scale: float | None = None, entities: int = 1,
+                augment: AugmentConfig | None = None) -> Iterator[list[Example]]:
     """Endless batches of (prompt -> target) Examples; batch i depends only on (seed, i), so a resumed run
     reads the same stream. shuffle_targets=True pairs each prompt with a random subject's target instead:
     the condition then carries nothing, which a test of the task must detect. placed_scale: each target
     instead shows the emoji at that fraction of the side at a random position, its entity mask with it (where
     a subject is can then only be read from the noisy picture, as in a real scene). entities=2: each prompt
-    names an ordered pair of distinct subjects, drawn side by side in that order (pair_prompt, pair_target)."""
+    names an ordered pair of distinct subjects, drawn side by side in that order (pair_prompt, pair_target).
+    augment: MUMU's conditioning-image augmentation, drawn per example as the training loader does
+    (mumu.train.augment; share 0 or None leaves the stream as it is)."""
     if entities not in (1, 2):
         raise ValueError(f"entities must be 1 or 2, not {entities}")
     if entities == 2 and placed_scale is not None:
@@ -133,6 +138,8 @@ def toy_batches(subjects: Sequence[ToySubject], batch_size: int, seed: int, star
         for j in range(batch_size):
             prompt, target, masks = (_single_example(subjects, rng, kinds, shuffle_targets, placed_scale)
                                      if entities == 1 else _pair_example(subjects, rng, kinds, shuffle_targets))
+            if augment is not None:
+                prompt, _ = augment_prompt_images(prompt, augment, rng)
             batch.append(Example(f"toy-{i}-{j}", prompt, target, masks))
         yield batch
         i += 1
@@ -155,9 +162,10 @@ def _pair_example(subjects, rng, kinds, shuffle_targets) -> tuple[list, Image.Im
 
 
 def toy_iterate(subjects: Sequence[ToySubject], **options):
-    """An `iterate` for mumu.train.loop.train: (data_urls, stage, seed, start_step) -> toy batches."""
+    """An `iterate` for mumu.train.loop.train: (data_urls, stage, seed, start_step) -> toy batches, with the
+    stage's batch size and prompt-image augmentation."""
     def iterate(_urls, stage, seed, start_step=0, **_shard):
-        return toy_batches(subjects, stage.batch_size, seed, start_step, **options)
+        return toy_batches(subjects, stage.batch_size, seed, start_step, augment=stage.augment, **options)
     return iterate
 
 
