@@ -4,8 +4,8 @@ The tiny model is trained 200 steps on mumu.eval.prompt_following's toy task (K 
 prompts) with the prompt images augmented as the training loader does (mumu.train.augment: random crop keeping
 >= 90 % of each side, flip, grayscale, pixel noise) on half of them, and with none (the cut: tiny's own setting).
 Both are then prompted with each subject's picture cut to 70-90 % of its side at five places (corners and
-centre), framings neither saw: with augmentation the subject is still found, without it one subject in four is
-lost to a neighbour's.
+centre; below 90 %, tighter than any crop either model saw): with augmentation the subject is still found,
+without it one subject in four is lost to a neighbour's.
 """
 
 import dataclasses

@@ -28,9 +28,10 @@ QUIET = {"data.ingest.images_per_shard": 4, "train.tune.sample_every": 0, "train
 # The tiny profile trains the encoder's LoRA, so its vision tower and VAE are the frozen parts; crop augmentation
 # on half the prompt images mixes cached and computed images in one batch.
 VISION = {**QUIET, "train.tune.augment.share": 0.5}
-# UNIMO-G's recipe: the whole encoder frozen, so the prompts' hidden states are cached (text-only steps included).
+# UNIMO-G's recipe: the whole encoder frozen, so the prompts' hidden states are cached (text-only steps included);
+# no crop augmentation (UNIMO-G has none, and an augmented image's prompt is computed from pixels).
 PROMPT = {**QUIET, "model.encoder.train_language_model": "frozen", "model.encoder.lora.enabled": False,
-          "train.tune.prompt_mode": "unimo", "train.tune.text_only_share": 0.5}
+          "train.tune.prompt_mode": "unimo", "train.tune.text_only_share": 0.5, "train.tune.augment.share": 0.0}
 
 
 @pytest.fixture(scope="module")

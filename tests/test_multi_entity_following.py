@@ -33,6 +33,10 @@ def _profile():
     return load_profile("tiny", {
         "train.tune.batch_size": 8, "train.tune.max_steps": STEPS, "train.tune.warmup_steps": 10,
         "train.tune.checkpoint_every": STEPS, "train.tune.sample_every": 0, "train.tune.attn_loss.weight": 0.0,
+        # Without tiny's crop augmentation: it slows this task (both halves right 0.75-0.79 at 600 steps with it,
+        # 0.83-0.88 at 800), and what is tested here is the prompt path; tests/test_augmentation_learning.py
+        # tests the augmentation.
+        "train.tune.augment.share": 0.0,
     })
 
 
