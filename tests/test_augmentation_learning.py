@@ -15,7 +15,7 @@ import pytest
 
 from mumu import SAMPLES_DIR
 from mumu.config import load_profile
-from mumu.eval.prompt_following import score_following, toy_batches, toy_iterate, toy_subjects
+from mumu.eval.prompt_following import score_following, toy_iterate, toy_subjects
 from mumu.generate import MumuSampler, load_model
 from mumu.train.loop import train
 
@@ -64,15 +64,19 @@ def _accuracy_on_cut_prompts(sampler, subjects) -> float:
 
 
 def test_the_stream_augments_the_stages_share_of_prompt_images(subjects):
-    stage = _profile(0.5).train.tune
+    """The toy stream a training reads (toy_iterate) augments the stage's share, as the loader does, unless the
+    caller names its own augmentation."""
     originals = {s.prompt_image.tobytes() for s in subjects}
-    images = [seg for ex in next(toy_batches(subjects, 256, seed=0, augment=stage.augment))
-              for seg in ex.prompt if not isinstance(seg, str)]
+
+    def prompt_images(iterate, share):
+        stage = _profile(share).train.tune.model_copy(update={"batch_size": 256})
+        return [seg for ex in next(iterate(None, stage, 0)) for seg in ex.prompt if not isinstance(seg, str)]
+
+    images = prompt_images(toy_iterate(subjects), 0.5)
     changed = np.mean([im.tobytes() not in originals for im in images])
     assert len(images) > 100 and 0.4 < changed < 0.6, (len(images), changed)
-    plain = [seg for ex in next(toy_batches(subjects, 256, seed=0, augment=_profile(0.0).train.tune.augment))
-             for seg in ex.prompt if not isinstance(seg, str)]
-    assert all(im.tobytes() in originals for im in plain)
+    for plain in (prompt_images(toy_iterate(subjects), 0.0), prompt_images(toy_iterate(subjects, augment=None), 0.5)):
+        assert len(plain) > 100 and all(im.tobytes() in originals for im in plain)
 
 
 def test_augmented_training_finds_the_subject_in_new_framings(trained, subjects):

@@ -115,6 +115,13 @@ def pair_target(first: ToySubject, second: ToySubject) -> tuple[Image.Image, lis
     return target, masks
 
 
+def pair_halves(image: Image.Image, size: int) -> tuple[Image.Image, Image.Image]:
+    """The left and right halves of a two-entity picture, seen at the targets' size: where pair_target puts the
+    first and the second subject."""
+    whole = image.convert("RGB").resize((size, size), Image.Resampling.BOX)
+    return whole.crop((0, 0, size // 2, size)), whole.crop((size // 2, 0, size, size))
+
+
 def toy_batches(subjects: Sequence[ToySubject], batch_size: int, seed: int, start_step: int = 0,
                 kinds: Sequence[str] = KINDS, shuffle_targets: bool = False,
                 placed_scale: float | None = None, entities: int = 1,
@@ -163,9 +170,9 @@ def _pair_example(subjects, rng, kinds, shuffle_targets) -> tuple[list, Image.Im
 
 def toy_iterate(subjects: Sequence[ToySubject], **options):
     """An `iterate` for mumu.train.loop.train: (data_urls, stage, seed, start_step) -> toy batches, with the
-    stage's batch size and prompt-image augmentation."""
+    stage's batch size and prompt-image augmentation (unless options name their own `augment`)."""
     def iterate(_urls, stage, seed, start_step=0, **_shard):
-        return toy_batches(subjects, stage.batch_size, seed, start_step, augment=stage.augment, **options)
+        return toy_batches(subjects, stage.batch_size, seed, start_step, **{"augment": stage.augment, **options})
     return iterate
 
 
@@ -238,9 +245,9 @@ def score_pairs(sampler, subjects: Sequence[ToySubject], n: int = 4, seed: int =
         imgs = sampler.generate_batch([pair_prompt(subjects[a], subjects[b], kind) for a, b in pairs], n=n, seed=seed)
         first, second = [], []
         for (a, b), row in zip(pairs, imgs):
-            whole = [im.convert("RGB").resize((size, size), Image.Resampling.BOX) for im in row]
-            first.append(nearest_target([im.crop((0, 0, size // 2, size)) for im in whole], panels) == a)
-            second.append(nearest_target([im.crop((size // 2, 0, size, size)) for im in whole], panels) == b)
+            left, right = zip(*(pair_halves(im, size) for im in row))
+            first.append(nearest_target(left, panels) == a)
+            second.append(nearest_target(right, panels) == b)
         first, second = np.array(first), np.array(second)
         accuracy[kind] = {"first": float(first.mean()), "second": float(second.mean()),
                           "both": float((first & second).mean())}
