@@ -246,9 +246,11 @@ def test_generate_to_file(tmp_path, sampler):
     text = "a <image:red.png> on a table"
     one = generate_to_file(sampler, text, tmp_path / "out" / "one.png", n=1, seed=2, base_dir=tmp_path)
     assert one == [tmp_path / "out" / "one.png"]
-    expected = sampler.generate(["a", RED, "on a table"], n=3, seed=2)
+    # Compared with the same call's images: image i of n = 1 and of n = 3 agree only up to float rounding (a
+    # CPU's kernels may differ with the batch's size; test_batch_equals_single checks that).
     with PIL.Image.open(one[0]) as im:
-        assert im.size == (64, 64) and np.array_equal(px(im), px(expected[0]))
+        assert im.size == (64, 64) and np.array_equal(px(im), px(sampler.generate(["a", RED, "on a table"], seed=2)[0]))
+    expected = sampler.generate(["a", RED, "on a table"], n=3, seed=2)
 
     js = json.dumps([{"type": "text", "text": "a"}, {"type": "image", "path": "red.png"},
                      {"type": "text", "text": "on a table"}])
