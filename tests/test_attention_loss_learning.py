@@ -20,9 +20,9 @@ from models.attention import layer_hw, masks_at
 from mumu import SAMPLES_DIR
 from mumu.config import load_profile
 from mumu.config.train import AttnLossConfig
-from mumu.eval.prompt_following import toy_batches, toy_iterate, toy_subjects
+from mumu.eval.prompt_following import toy_batches, toy_subjects
 from mumu.generate import load_model
-from mumu.train.loop import train
+from tests.toy_training import toy_profile, train_on_toy
 
 K, STEPS, SCALE, HELD_BATCHES = 4, 150, 0.45, 4
 EMOJI = SAMPLES_DIR.parent / "emoji"
@@ -32,14 +32,9 @@ TINY_WEIGHT = load_profile("tiny").train.tune.attn_loss.weight
 def _train_and_measure(weight: float, out, monkeypatch) -> dict:
     """Train with this attention-mask loss weight; on held-out examples: the model's attention-mask L1 and, per
     layer resolution, the mean entity attention mass (inside the mask, outside it)."""
-    profile = load_profile("tiny", {
-        "train.tune.batch_size": 8, "train.tune.max_steps": STEPS, "train.tune.warmup_steps": 10,
-        "train.tune.checkpoint_every": STEPS, "train.tune.sample_every": 0, "train.tune.attn_loss.weight": weight,
-    })
+    profile = toy_profile(STEPS, **{"train.tune.attn_loss.weight": weight})
     subjects = toy_subjects(EMOJI, K, profile.model.decoder.resolution)
-    result = train("tune", profile, [], out, resume=False,
-                   iterate=toy_iterate(subjects, kinds=("image",), placed_scale=SCALE))
-    assert result.steps == STEPS and np.isfinite(result.losses).all()
+    model_dir = train_on_toy(profile, subjects, out, kinds=("image",), placed_scale=SCALE)
 
     seen = []  # what training_loss passes to its loss: the per-layer entity maps [B, K, h*w] and the masks
     real_loss = models.mumu_model.attention_mask_loss
@@ -49,7 +44,7 @@ def _train_and_measure(weight: float, out, monkeypatch) -> dict:
         return real_loss(maps, latent_hw, entity_masks, valid)
 
     monkeypatch.setattr(models.mumu_model, "attention_mask_loss", recording)
-    model = load_model(result.model_dir).eval()
+    model = load_model(model_dir).eval()
     held = toy_batches(subjects, 16, seed=10_000, kinds=("image",), placed_scale=SCALE)  # not a training seed
     generator = torch.Generator().manual_seed(0)
     l1, mass = [], {}

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from mumu import SAMPLES_DIR
-from mumu.config import load_profile
 from mumu.eval.prompt_following import score_following, toy_iterate, toy_subjects
 from mumu.generate import MumuSampler, load_model
-from mumu.train.loop import train
+from tests.toy_training import toy_profile, train_on_toy
 
 K, N_IMAGES, STEPS, SEED = 4, 4, 200, 1234
 EMOJI = SAMPLES_DIR.parent / "emoji"
@@ -26,11 +25,7 @@ PLACES = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))  # where t
 
 
 def _profile(share: float):
-    return load_profile("tiny", {
-        "train.tune.batch_size": 8, "train.tune.max_steps": STEPS, "train.tune.warmup_steps": 10,
-        "train.tune.checkpoint_every": STEPS, "train.tune.sample_every": 0, "train.tune.attn_loss.weight": 0.0,
-        "train.tune.augment.share": share,
-    })
+    return toy_profile(STEPS, **{"train.tune.augment.share": share})
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +36,8 @@ def subjects():
 @pytest.fixture(scope="module", params=[0.5, 0.0], ids=["augmented", "not-augmented"])
 def trained(request, subjects, tmp_path_factory) -> tuple[float, MumuSampler]:
     profile = _profile(request.param)
-    result = train("tune", profile, [], tmp_path_factory.mktemp("augment"), resume=False,
-                   iterate=toy_iterate(subjects))
-    assert result.steps == STEPS and np.isfinite(result.losses).all()
-    return request.param, MumuSampler(load_model(result.model_dir), profile.eval.sampler)
+    model_dir = train_on_toy(profile, subjects, tmp_path_factory.mktemp("augment"))
+    return request.param, MumuSampler(load_model(model_dir), profile.eval.sampler)
 
 
 def _cut(image, keep: float, place: tuple[float, float]):

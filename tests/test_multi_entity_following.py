@@ -15,26 +15,22 @@ Measured (docs/recipe.md): the model composes the pairs it was trained on; pairs
 pair it saw (no composition out of distribution at this scale).
 """
 
-import numpy as np
 import pytest
 import torch
 
 from mumu import SAMPLES_DIR
-from mumu.config import load_profile
 from mumu.eval.prompt_following import (
-    nearest_target, ordered_pairs, pair_halves, pair_target, score_pairs, toy_batches, toy_iterate, toy_subjects,
+    nearest_target, ordered_pairs, pair_halves, pair_target, score_pairs, toy_batches, toy_subjects,
 )
 from mumu.generate import MumuSampler, load_model
-from mumu.train.loop import train
+from tests.toy_training import toy_profile, train_on_toy
 
 K, N_IMAGES, STEPS, SEED = 3, 4, 800, 1234
 EMOJI = SAMPLES_DIR.parent / "emoji"
 
 
 def _profile(**overrides):
-    return load_profile("tiny", {
-        "train.tune.batch_size": 8, "train.tune.max_steps": STEPS, "train.tune.warmup_steps": 10,
-        "train.tune.checkpoint_every": STEPS, "train.tune.sample_every": 0, "train.tune.attn_loss.weight": 0.0,
+    return toy_profile(STEPS, **{
         # Without tiny's crop augmentation: it slows this task (both halves right 0.75-0.79 at 600 steps with it,
         # 0.83-0.88 at 800), and what is tested here is the prompt path; tests/test_augmentation_learning.py
         # tests the augmentation.
@@ -43,11 +39,8 @@ def _profile(**overrides):
     })
 
 
-def _train(out, profile) -> MumuSampler:
-    subjects = toy_subjects(EMOJI, K, profile.model.decoder.resolution)
-    result = train("tune", profile, [], out, resume=False, iterate=toy_iterate(subjects, entities=2))
-    assert result.steps == STEPS and np.isfinite(result.losses).all()
-    return MumuSampler(load_model(result.model_dir), profile.eval.sampler)
+def _train(out, profile, subjects) -> MumuSampler:
+    return MumuSampler(load_model(train_on_toy(profile, subjects, out, entities=2)), profile.eval.sampler)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +49,8 @@ def subjects():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> MumuSampler:
-    return _train(tmp_path_factory.mktemp("pairs"), _profile())
+def trained(subjects, tmp_path_factory) -> MumuSampler:
+    return _train(tmp_path_factory.mktemp("pairs"), _profile(), subjects)
 
 
 def _with_image_features(sampler, monkeypatch, change):
@@ -122,11 +115,11 @@ def test_averaged_images_lose_the_order(trained, subjects, monkeypatch):
 def test_without_lora_on_the_mllm_the_order_is_not_learned(subjects, tmp_path):
     """MUMU trains LoRA on the MLLM. Cut it (the MLLM frozen, everything else as above) and the same training
     learns one order per pair whatever the prompt says: both halves right 0.54 / 0.50 (text / image) at training
-    seed 0, 0.50 / 0.50 at seed 1 (final loss 0.18 - 0.21, against 0.08 - 0.10 with the LoRA). The connector reads the MLLM's states as a set
-    (no position embeddings of its own), so the order has to be written into those states, which a frozen
-    random MLLM does not do in a form the connector can use."""
+    seed 0, 0.50 / 0.50 at seed 1 (final loss 0.18 - 0.21, against 0.08 - 0.10 with the LoRA). The connector
+    reads the MLLM's states as a set (no position embeddings of its own), so the order has to be written into
+    those states, which a frozen random MLLM does not do in a form the connector can use."""
     profile = _profile(**{"model.encoder.train_language_model": "frozen", "model.encoder.lora.enabled": False})
-    score = score_pairs(_train(tmp_path, profile), subjects, n=N_IMAGES, seed=SEED)
+    score = score_pairs(_train(tmp_path, profile, subjects), subjects, n=N_IMAGES, seed=SEED)
     print(f"without the MLLM's LoRA: {score.accuracy}")
     for kind, acc in score.accuracy.items():
         assert acc["both"] <= 0.6, (kind, acc)

@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from mumu import SAMPLES_DIR
-from mumu.config import load_profile
-from mumu.eval.prompt_following import score_following, toy_batches, toy_iterate, toy_subjects
+from mumu.eval.prompt_following import score_following, toy_batches, toy_subjects
 from mumu.generate import MumuSampler, load_model
-from mumu.train.loop import train
+from tests.toy_training import toy_profile, train_on_toy
 
 K, N_IMAGES, STEPS, SEED = 4, 4, 200, 1234
 EMOJI = SAMPLES_DIR.parent / "emoji"
@@ -32,19 +31,14 @@ RECIPES = {
 
 
 def _profile(recipe: str = "mumu"):
-    return load_profile("tiny", {
-        "train.tune.batch_size": 8, "train.tune.max_steps": STEPS, "train.tune.warmup_steps": 10,
-        "train.tune.checkpoint_every": STEPS, "train.tune.sample_every": 0, "train.tune.attn_loss.weight": 0.0,
-        **RECIPES[recipe],
-    })
+    return toy_profile(STEPS, **RECIPES[recipe])
 
 
 def _train(out: Path, shuffle_targets: bool, recipe: str = "mumu") -> MumuSampler:
     profile = _profile(recipe)
     subjects = toy_subjects(EMOJI, K, profile.model.decoder.resolution)
-    result = train("tune", profile, [], out, resume=False, iterate=toy_iterate(subjects, shuffle_targets=shuffle_targets))
-    assert result.steps == STEPS and np.isfinite(result.losses).all()
-    return MumuSampler(load_model(result.model_dir), profile.eval.sampler)
+    return MumuSampler(load_model(train_on_toy(profile, subjects, out, shuffle_targets=shuffle_targets)),
+                       profile.eval.sampler)
 
 
 @pytest.fixture(scope="module")
