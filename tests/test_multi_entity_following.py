@@ -11,8 +11,7 @@ Cutting what the test relies on must fail it, with bounds that follow from the c
   the halves can be right.
 And the recipe's part in it: trained without LoRA on the MLLM, the model learns one order per pair (a measured
 arm: both halves right about half the time, against 1.00 with it).
-Measured (docs/recipe.md): the model composes the pairs it was trained on; pairs it never saw are drawn as a
-pair it saw (no composition out of distribution at this scale).
+Every pair is trained here; tests/test_composition.py asks for pairs never trained (with K = 8).
 """
 
 import pytest
@@ -109,7 +108,8 @@ def test_averaged_images_lose_the_order(trained, subjects, monkeypatch):
     _with_image_features(trained, monkeypatch, lambda f: f.mean(1, keepdim=True).expand_as(f))
     acc = score_pairs(trained, subjects, n=N_IMAGES, seed=SEED, kinds=("image",)).accuracy["image"]
     print(f"images averaged: {acc}")
-    assert max(acc.values()) <= 0.5 + 1e-9, acc
+    # In order, that is: both subjects can still be drawn, in the one order the averaged prompt stands for.
+    assert max(acc["first"], acc["second"], acc["both"]) <= 0.5 + 1e-9, acc
 
 
 def test_without_lora_on_the_mllm_the_order_is_not_learned(subjects, tmp_path):

@@ -34,7 +34,7 @@ KINDS = ("text", "image")
 PANEL_SCALE = 0.85  # the emoji's side in a two-subject target, as a share of its half's width
 # (emoji file, background colour): subjects far apart in colour, on backgrounds far apart too.
 TOY_SUBJECTS = (("1f335.webp", "pink"), ("1f40b.webp", "yellow"), ("1f34c.webp", "blue"), ("1f345.webp", "teal"),
-                ("1f9c1.webp", "green"), ("1f98e.webp", "purple"))
+                ("1f9c1.webp", "green"), ("1f98e.webp", "purple"), ("1f955.webp", "gray"), ("1f98b.webp", "white"))
 
 
 @dataclass(frozen=True)
@@ -125,26 +125,30 @@ def pair_halves(image: Image.Image, size: int) -> tuple[Image.Image, Image.Image
 def toy_batches(subjects: Sequence[ToySubject], batch_size: int, seed: int, start_step: int = 0,
                 kinds: Sequence[str] = KINDS, shuffle_targets: bool = False,
                 placed_scale: float | None = None, entities: int = 1,
-                augment: AugmentConfig | None = None) -> Iterator[list[Example]]:
+                augment: AugmentConfig | None = None,
+                pairs: Sequence[tuple[int, int]] | None = None) -> Iterator[list[Example]]:
     """Endless batches of (prompt -> target) Examples; batch i depends only on (seed, i), so a resumed run
     reads the same stream. shuffle_targets=True pairs each prompt with a random subject's target instead:
     the condition then carries nothing, which a test of the task must detect. placed_scale: each target
     instead shows the emoji at that fraction of the side at a random position, its entity mask with it (where
     a subject is can then only be read from the noisy picture, as in a real scene). entities=2: each prompt
-    names an ordered pair of distinct subjects, drawn side by side in that order (pair_prompt, pair_target).
+    names an ordered pair of distinct subjects, drawn side by side in that order (pair_prompt, pair_target), out of
+    `pairs` (subject indices) when given, else out of every ordered pair.
     augment: MUMU's conditioning-image augmentation, drawn per example as the training loader does
     (mumu.train.augment; share 0 or None leaves the stream as it is)."""
     if entities not in (1, 2):
         raise ValueError(f"entities must be 1 or 2, not {entities}")
     if entities == 2 and placed_scale is not None:
         raise ValueError("placed_scale places one subject; a two-subject target has each in its half")
+    if pairs is not None and (entities != 2 or not pairs):
+        raise ValueError("pairs names the ordered pairs of a two-subject stream: entities=2 and at least one pair")
     i = start_step
     while True:
         rng = np.random.default_rng([seed, i])
         batch = []
         for j in range(batch_size):
             prompt, target, masks = (_single_example(subjects, rng, kinds, shuffle_targets, placed_scale)
-                                     if entities == 1 else _pair_example(subjects, rng, kinds, shuffle_targets))
+                                     if entities == 1 else _pair_example(subjects, rng, kinds, shuffle_targets, pairs))
             if augment is not None:
                 prompt, _ = augment_prompt_images(prompt, augment, rng)
             batch.append(Example(f"toy-{i}-{j}", prompt, target, masks))
@@ -160,8 +164,9 @@ def _single_example(subjects, rng, kinds, shuffle_targets, placed_scale) -> tupl
     return s.prompt(kind), target, [mask] if kind == "image" else []
 
 
-def _pair_example(subjects, rng, kinds, shuffle_targets) -> tuple[list, Image.Image, list]:
-    first, second = (subjects[int(k)] for k in rng.choice(len(subjects), 2, replace=False))
+def _pair_example(subjects, rng, kinds, shuffle_targets, pairs) -> tuple[list, Image.Image, list]:
+    drawn = rng.choice(len(subjects), 2, replace=False) if pairs is None else pairs[int(rng.integers(len(pairs)))]
+    first, second = (subjects[int(k)] for k in drawn)
     kind = kinds[int(rng.integers(len(kinds)))]
     shown = [subjects[int(k)] for k in rng.choice(len(subjects), 2, replace=False)] if shuffle_targets else (first, second)
     target, masks = pair_target(*shown)
@@ -227,29 +232,34 @@ def ordered_pairs(k: int) -> list[tuple[int, int]]:
 @dataclass
 class PairScore:
     # per prompt kind: share of images whose left half is nearest to the first subject's panel ("first"), whose
-    # right half is nearest to the second's ("second"), and both at once ("both")
+    # right half is nearest to the second's ("second"), both at once ("both"), and both subjects drawn, in this
+    # order or the other ("either")
     accuracy: dict[str, dict[str, float]]
     chance: float  # of one half: 1/K
-    images: dict[str, list[list[Image.Image]]]  # kind -> per ordered pair (ordered_pairs) -> n images
+    images: dict[str, list[list[Image.Image]]]  # kind -> per ordered pair asked for (ordered_pairs) -> n images
 
 
 def score_pairs(sampler, subjects: Sequence[ToySubject], n: int = 4, seed: int = 0, *,
-                kinds: Sequence[str] = KINDS) -> PairScore:
-    """Sample n images for every ordered pair of subjects and prompt kind (image i of every prompt from seed + i),
-    and assign each half of each image to its nearest subject panel. Both orders of every pair are asked for, so a
-    model that ignores the order of its prompt gets at most half of the halves right."""
-    pairs, panels = ordered_pairs(len(subjects)), [s.panel()[0] for s in subjects]
+                kinds: Sequence[str] = KINDS, pairs: Sequence[tuple[int, int]] | None = None) -> PairScore:
+    """Sample n images for every ordered pair of subjects (or each of `pairs`, as subject indices) and prompt kind
+    (image i of every prompt from seed + i), and assign each half of each image to its nearest subject panel. By
+    default both orders of every pair are asked for, so a model that ignores the order of its prompt gets at most
+    half of the halves right."""
+    pairs, panels = pairs or ordered_pairs(len(subjects)), [s.panel()[0] for s in subjects]
     size = subjects[0].target.size[0]
     accuracy, images = {}, {}
     for kind in kinds:
         imgs = sampler.generate_batch([pair_prompt(subjects[a], subjects[b], kind) for a, b in pairs], n=n, seed=seed)
-        first, second = [], []
-        for (a, b), row in zip(pairs, imgs):
-            left, right = zip(*(pair_halves(im, size) for im in row))
-            first.append(nearest_target(left, panels) == a)
-            second.append(nearest_target(right, panels) == b)
-        first, second = np.array(first), np.array(second)
+        lefts, rights = [], []
+        for row in imgs:
+            halves = [pair_halves(im, size) for im in row]
+            lefts.append(nearest_target([h[0] for h in halves], panels))
+            rights.append(nearest_target([h[1] for h in halves], panels))
+        a, b = (np.array(side)[:, None] for side in zip(*pairs))
+        lefts, rights = np.array(lefts), np.array(rights)
+        first, second = lefts == a, rights == b
         accuracy[kind] = {"first": float(first.mean()), "second": float(second.mean()),
-                          "both": float((first & second).mean())}
+                          "both": float((first & second).mean()),
+                          "either": float(((first & second) | ((lefts == b) & (rights == a))).mean())}
         images[kind] = imgs
     return PairScore(accuracy, 1.0 / len(subjects), images)
