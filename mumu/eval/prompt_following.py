@@ -12,8 +12,9 @@ Two subjects in one prompt ("a cactus and a whale", or each one's picture in its
 first subject's panel on the left half and the second's on the right: each half is scored against the K
 panels, so the model must read both entities and their order (score_pairs).
 
-Used by tests/test_prompt_following.py and tests/test_multi_entity_following.py (the model learns its
-condition, in CI) and bench/recipe_probe.py (which recipe makes a from-scratch UNet learn it).
+Used by tests/test_prompt_following.py, tests/test_multi_entity_following.py and tests/test_composition.py (the
+model learns its condition, in CI; the last on pairs held out of training) and bench/recipe_probe.py (which
+recipe makes a from-scratch UNet learn it).
 """
 
 from __future__ import annotations
