@@ -15,7 +15,7 @@ import pytest
 
 from mumu import SAMPLES_DIR
 from mumu.eval.prompt_following import (
-    nearest_target, ordered_pairs, pair_halves, pair_target, score_pairs, toy_batches, toy_subjects,
+    drawn_pairs, ordered_pairs, pair_target, score_pairs, toy_batches, toy_subjects,
 )
 from mumu.generate import MumuSampler, load_model
 from tests.toy_training import toy_profile, train_on_toy
@@ -46,16 +46,11 @@ def trained(subjects, tmp_path_factory) -> MumuSampler:
 def test_held_out_pairs_are_well_posed_and_never_trained(subjects):
     """Every half of every pair's target is nearest to its own subject's panel among the 8; the stream draws only
     trained pairs, and every subject is trained on both sides of a picture."""
-    size = subjects[0].target.size[0]
-    panels = [s.panel()[0] for s in subjects]
-    for a, b in ordered_pairs(K):
-        left, right = pair_halves(pair_target(subjects[a], subjects[b])[0], size)
-        assert list(nearest_target([left, right], panels)) == [a, b]
+    targets = [pair_target(subjects[a], subjects[b])[0] for a, b in ordered_pairs(K)]
+    assert drawn_pairs(targets, subjects).tolist() == [list(p) for p in ordered_pairs(K)]
     drawn = set()
     for batch, _ in zip(toy_batches(subjects, 64, seed=0, entities=2, pairs=TRAINED), range(10)):
-        for ex in batch:
-            left, right = pair_halves(ex.image, size)
-            drawn.add(tuple(int(i) for i in nearest_target([left, right], panels)))
+        drawn |= {tuple(p) for p in drawn_pairs([ex.image for ex in batch], subjects).tolist()}
     assert drawn == set(TRAINED) and not drawn & set(HELD_OUT)
     assert {a for a, _ in TRAINED} == {b for _, b in TRAINED} == set(range(K))
     with pytest.raises(ValueError, match="entities=2"):

@@ -123,6 +123,15 @@ def pair_halves(image: Image.Image, size: int) -> tuple[Image.Image, Image.Image
     return whole.crop((0, 0, size // 2, size)), whole.crop((size // 2, 0, size, size))
 
 
+def drawn_pairs(images: Sequence[Image.Image], subjects: Sequence[ToySubject]) -> np.ndarray:
+    """[n, 2] int: for each two-entity picture, the subject whose panel its left half is nearest to, and its right
+    half's (pair_halves, nearest_target)."""
+    size, panels = subjects[0].target.size[0], [s.panel()[0] for s in subjects]
+    halves = [pair_halves(im, size) for im in images]
+    return np.stack([nearest_target([h[0] for h in halves], panels),
+                     nearest_target([h[1] for h in halves], panels)], axis=1)
+
+
 def toy_batches(subjects: Sequence[ToySubject], batch_size: int, seed: int, start_step: int = 0,
                 kinds: Sequence[str] = KINDS, shuffle_targets: bool = False,
                 placed_scale: float | None = None, entities: int = 1,
@@ -246,18 +255,13 @@ def score_pairs(sampler, subjects: Sequence[ToySubject], n: int = 4, seed: int =
     (image i of every prompt from seed + i), and assign each half of each image to its nearest subject panel. By
     default both orders of every pair are asked for, so a model that ignores the order of its prompt gets at most
     half of the halves right."""
-    pairs, panels = pairs or ordered_pairs(len(subjects)), [s.panel()[0] for s in subjects]
-    size = subjects[0].target.size[0]
+    pairs = pairs or ordered_pairs(len(subjects))
     accuracy, images = {}, {}
     for kind in kinds:
         imgs = sampler.generate_batch([pair_prompt(subjects[a], subjects[b], kind) for a, b in pairs], n=n, seed=seed)
-        lefts, rights = [], []
-        for row in imgs:
-            halves = [pair_halves(im, size) for im in row]
-            lefts.append(nearest_target([h[0] for h in halves], panels))
-            rights.append(nearest_target([h[1] for h in halves], panels))
+        drawn = np.stack([drawn_pairs(row, subjects) for row in imgs])  # [pairs, n, 2]
+        lefts, rights = drawn[..., 0], drawn[..., 1]
         a, b = (np.array(side)[:, None] for side in zip(*pairs))
-        lefts, rights = np.array(lefts), np.array(rights)
         first, second = lefts == a, rights == b
         accuracy[kind] = {"first": float(first.mean()), "second": float(second.mean()),
                           "both": float((first & second).mean()),
