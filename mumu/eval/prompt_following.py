@@ -13,8 +13,9 @@ first subject's panel on the left half and the second's on the right: each half 
 panels, so the model must read both entities and their order (score_pairs).
 
 Used by tests/test_prompt_following.py, tests/test_multi_entity_following.py and tests/test_composition.py (the
-model learns its condition, in CI; the last on pairs held out of training) and bench/recipe_probe.py (which
-recipe makes a from-scratch UNet learn it).
+model learns its condition, in CI; the last on pairs held out of training), by the tests of the recipe's parts
+(the attention-mask loss, prompt-image augmentation, size micro-conditioning: a share of targets at low resolution)
+and bench/recipe_probe.py (which recipe makes a from-scratch UNet learn it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from mumu.train.augment import augment_prompt_images
 from mumu.train.data import Example
 
 KINDS = ("text", "image")
+# px a side of toy_batches' low_res targets: at 16 the tiny VAE's round trip of a full-size target is nearer the
+# blurred one; at 4 (and 8) each round trip stays nearest its own.
+LOW_RES = 4
 PANEL_SCALE = 0.85  # the emoji's side in a two-subject target, as a share of its half's width
 # (emoji file, background colour): subjects far apart in colour, on backgrounds far apart too.
 TOY_SUBJECTS = (("1f335.webp", "pink"), ("1f40b.webp", "yellow"), ("1f34c.webp", "blue"), ("1f345.webp", "teal"),
@@ -136,7 +140,8 @@ def toy_batches(subjects: Sequence[ToySubject], batch_size: int, seed: int, star
                 kinds: Sequence[str] = KINDS, shuffle_targets: bool = False,
                 placed_scale: float | None = None, entities: int = 1,
                 augment: AugmentConfig | None = None,
-                pairs: Sequence[tuple[int, int]] | None = None) -> Iterator[list[Example]]:
+                pairs: Sequence[tuple[int, int]] | None = None,
+                low_res: float = 0.0, low_res_upsampled: bool = False) -> Iterator[list[Example]]:
     """Endless batches of (prompt -> target) Examples; batch i depends only on (seed, i), so a resumed run
     reads the same stream. shuffle_targets=True pairs each prompt with a random subject's target instead:
     the condition then carries nothing, which a test of the task must detect. placed_scale: each target
@@ -145,20 +150,30 @@ def toy_batches(subjects: Sequence[ToySubject], batch_size: int, seed: int, star
     names an ordered pair of distinct subjects, drawn side by side in that order (pair_prompt, pair_target), out of
     `pairs` (subject indices) when given, else out of every ordered pair.
     augment: MUMU's conditioning-image augmentation, drawn per example as the training loader does
-    (mumu.train.augment; share 0 or None leaves the stream as it is)."""
+    (mumu.train.augment; share 0 or None leaves the stream as it is).
+    low_res: the share of examples whose target is given at LOW_RES px a side (the loader scales it up to the model's
+    resolution, blurred, and tells the UNet its original size, as for any small training image: SDXL's size
+    micro-conditioning); low_res_upsampled=True hands over the same blurred pixels already at full size, so their
+    original size is lost (the cut of that conditioning)."""
     if entities not in (1, 2):
         raise ValueError(f"entities must be 1 or 2, not {entities}")
     if entities == 2 and placed_scale is not None:
         raise ValueError("placed_scale places one subject; a two-subject target has each in its half")
+    if not 0.0 <= low_res <= 1.0:
+        raise ValueError(f"low_res is a share of examples (0..1), got {low_res}")
     if pairs is not None and (entities != 2 or not pairs):
         raise ValueError("pairs names the ordered pairs of a two-subject stream: entities=2 and at least one pair")
     i = start_step
     while True:
         rng = np.random.default_rng([seed, i])
+        # Which targets are low-res comes from a generator of its own: the examples are the default stream's.
+        at_low_res = np.random.default_rng([seed, i, 1]).random(batch_size) < low_res
         batch = []
         for j in range(batch_size):
             prompt, target, masks = (_single_example(subjects, rng, kinds, shuffle_targets, placed_scale)
                                      if entities == 1 else _pair_example(subjects, rng, kinds, shuffle_targets, pairs))
+            if at_low_res[j]:
+                target, masks = _low_res(target, masks, low_res_upsampled)
             if augment is not None:
                 prompt, _ = augment_prompt_images(prompt, augment, rng)
             batch.append(Example(f"toy-{i}-{j}", prompt, target, masks))
@@ -181,6 +196,25 @@ def _pair_example(subjects, rng, kinds, shuffle_targets, pairs) -> tuple[list, I
     shown = [subjects[int(k)] for k in rng.choice(len(subjects), 2, replace=False)] if shuffle_targets else (first, second)
     target, masks = pair_target(*shown)
     return pair_prompt(first, second, kind), target, masks if kind == "image" else []
+
+
+def _low_res(target: Image.Image, masks: list[np.ndarray], upsampled: bool) -> tuple[Image.Image, list[np.ndarray]]:
+    """The target at LOW_RES px (box-filtered) with its masks; upsampled: scaled back to full size as the loader
+    would (bicubic), the masks unchanged."""
+    small = target.resize((LOW_RES, LOW_RES), Image.Resampling.BOX)
+    if upsampled:
+        return small.resize(target.size, Image.Resampling.BICUBIC), masks
+    return small, [_shrink_mask(m) for m in masks]
+
+
+def _shrink_mask(mask: np.ndarray) -> np.ndarray:
+    pixels = Image.fromarray(mask.astype(np.uint8) * 255).resize((LOW_RES, LOW_RES), Image.Resampling.BOX)
+    return np.asarray(pixels) > 127
+
+
+def low_res_target(subject: ToySubject) -> Image.Image:
+    """What a low_res example of `subject` looks like at the model's resolution: its target through LOW_RES px."""
+    return _low_res(subject.target, [], upsampled=True)[0]
 
 
 def toy_iterate(subjects: Sequence[ToySubject], **options):
