@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from mumu.config import load_profile  # noqa: E402
+from models.connector import Connector  # noqa: E402
 from models.decoder import enable_block_checkpointing, unet_blocks  # noqa: E402
 from models.hf import empty_weights  # noqa: E402
 
@@ -177,7 +178,7 @@ def step_flops(f: dict, cfg, cached: bool, images: int) -> dict:
         "projection": f["projection"] + (f["projection_backward"] if lora_proj else 0),
         "perceiver": f.get("perceiver", 0),
         "language_model": lm_mult * f["language_model"],
-        "connector": 3 * f["connector"],
+        "connector": (3 + m.connector.gradient_checkpointing) * f["connector"],
     }
     prompt_cached = cached and feat.prompt and enc.train_language_model == "frozen" and enc.freeze_vision
     if prompt_cached:  # the whole prompt path comes from disk (UNIMO-G: no augmentation)
@@ -206,6 +207,13 @@ def cache_bytes(f: dict, cfg, images: int, text_tokens: int) -> dict:
     return out
 
 
+def connector_with(connector: Connector, checkpointing: bool) -> Connector:
+    """The same connector (shapes only, on the meta device) with gradient checkpointing on or off, in training mode."""
+    cfg = connector.cfg.model_copy(update={"gradient_checkpointing": checkpointing})
+    with meta_inputs():
+        return Connector(cfg, connector.in_dim, connector.out_dim, connector.pooled_dim).train()
+
+
 def memory(model, cfg, length: int) -> dict:
     """Parameters (trainable ones at 16 B each under AdamW) and activations saved for backward at batch 1."""
     dec = model.decoder
@@ -228,7 +236,8 @@ def memory(model, cfg, length: int) -> dict:
     by_block = saved_bytes_by_block(dec.unet, unet_forward)
     if ckpt:
         enable_block_checkpointing(dec.unet, ckpt)
-    connector_saved = sum(saved_bytes(lambda: model.connector(hidden, mask)).values())
+    connector_saved = {on: sum(saved_bytes(lambda: connector_with(model.connector, on)(hidden, mask)).values())
+                       for on in (False, True)}
     t = model.encoder.model.config.text_config
     # Mistral under LoRA, per token and layer (bf16): residual/norm inputs, q, k, v, attention output, o_proj input
     # (~8 d) + gate, up, act(gate)*up (3 I); with checkpointing only each layer's input (d) is kept.
@@ -236,7 +245,9 @@ def memory(model, cfg, length: int) -> dict:
     lm_ckpt = t.hidden_size * 2 * length * t.num_hidden_layers
     return {"parameters": sum(p.numel() for p in model.parameters()), "trainable": trainable,
             "unet_saved_batch1": unet_saved, "unet_block_saved_uncheckpointed": by_block,
-            "connector_saved_batch1": connector_saved, "lm_saved_batch1": lm_full, "lm_saved_batch1_checkpointed": lm_ckpt}
+            "connector_saved_batch1": connector_saved[model.connector.cfg.gradient_checkpointing],
+            "connector_saved_batch1_checkpointed": connector_saved[True],
+            "lm_saved_batch1": lm_full, "lm_saved_batch1_checkpointed": lm_ckpt}
 
 
 def estimate(label: str, profile: str, overrides: dict, crop_side: int, images: int, text_tokens: int) -> dict:
@@ -275,7 +286,8 @@ def report(results: list[dict], baseline: float) -> None:
               + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in mem["trainable"].items())
               + f"; saved for backward at batch 1: UNet {mem['unet_saved_batch1'] / 1e9:.2f} GB (its dtype and "
               f"checkpointing as the profile sets them), connector {mem['connector_saved_batch1'] / 1e9:.2f} GB "
-              f"(fp32), LM under LoRA {mem['lm_saved_batch1'] / 1e9:.2f} GB "
+              f"(fp32; {mem['connector_saved_batch1_checkpointed'] / 1e9:.2f} GB checkpointed), "
+              f"LM under LoRA {mem['lm_saved_batch1'] / 1e9:.2f} GB "
               f"({mem['lm_saved_batch1_checkpointed'] / 1e9:.2f} GB checkpointed; none when frozen)")
         ckpt = r["unet_checkpointing"]
         print("  UNet blocks (forward T, GB kept for backward when not checkpointed; * = checkpointed): " + ", ".join(

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mumu.config.model import ConnectorConfig
 from mumu.io import atomic_path, write_json_atomic
@@ -46,7 +47,14 @@ class Connector(nn.Module):
         if mask.device.type != "meta" and not bool(mask.any(-1).all()):
             raise ValueError("every prompt needs at least one real token (the empty prompt keeps one)")
         x = self.in_proj(hidden.to(self.in_proj.weight.dtype))
-        x = self.norm(self.blocks(x, src_key_padding_mask=~mask))
+        if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Layer by layer, as TransformerEncoder runs them when its fast paths are off (training, no nested
+            # tensors). Non-reentrant: the checkpointed layer's input need not require grad (a frozen encoder).
+            for layer in self.blocks.layers:
+                x = checkpoint(layer, x, src_key_padding_mask=~mask, use_reentrant=False)
+        else:
+            x = self.blocks(x, src_key_padding_mask=~mask)
+        x = self.norm(x)
         if self.cfg.pooling == "mean":
             w = mask.unsqueeze(-1).to(x.dtype)
             pooled = (x * w).sum(1) / w.sum(1)

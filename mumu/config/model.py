@@ -59,6 +59,9 @@ class ConnectorConfig(StrictModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # pooled vector for SDXL's text_time conditioning: "mean" over non-padding tokens, or "last" token.
     pooling: Literal["mean", "last"] = "mean"
+    # Recompute each layer in backward, keeping only its input: over a long prompt the layers' attention
+    # probabilities and MLP activations are the largest thing training keeps (bench/sdxl_estimate.py prints it).
+    gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ConnectorConfig":
