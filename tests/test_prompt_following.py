@@ -139,7 +139,8 @@ def test_recipe_cut_fails(tmp_path, subjects, cut):
     """Trained the same 300 steps with one part of the recipe cut, the model misses the bar the recipe passes.
     Measured at training seeds 0 / 1 / 2: ε-prediction 0.38 / 0.50 / 0.63 (text), 0.38 / 0.44 / 0.63 (image), where
     the recipe scores 1.00 on both at each (and at seeds 3-5); the unfitted VAE, whose posterior noise is as large
-    as the latents, hides the targets from the UNet: chance (0.25), spread 1.3 / 0.7 (under 2 at 200 steps, each seed)."""
+    as the latents, hides the targets from the UNet: chance (0.25), spread 1.3 / 0.7 (under 2 at 200 steps, each
+    seed)."""
     score = score_following(_train(tmp_path, shuffle_targets=False, **RECIPE_CUTS[cut]()), subjects,
                             n=N_IMAGES, seed=SEED)
     print(f"{cut}: accuracy {score.accuracy}, spread {score.spread}")
