@@ -1,4 +1,5 @@
-"""evaluate: generate every benchmark prompt from a checkpoint, score DINO / CLIP-I / CLIP-T / FID, report.
+"""evaluate: generate every benchmark prompt from a checkpoint, score DINO / CLIP-I / CLIP-T / copy-paste / FID with
+bootstrap intervals, beside each benchmark's real-image ceiling and copy rows, and report them with the protocol.
 
     per benchmark: generate-chunk mapped on the profile's task runner over the benchmark's chunks (finished
                    chunks skipped) ──▶ score-benchmark
@@ -22,6 +23,7 @@ from mumu.config import load_profile
 from mumu.config.eval import EvalConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.eval.benchmarks import Benchmark, build_benchmarks, checkpoint_prompt_mode, chunk, eval_config_for
+from mumu.eval.report import table_cells
 from mumu.runs import model_dir, write_run_config
 from tasks import evaluate as t
 from tasks.common import retry_options
@@ -57,7 +59,9 @@ def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny
             scores.append(score(benchmark, bench_dir, bench_ev, runtime))
 
     report = t.write_report(scores, out, ev.report, run=Path(checkpoint).name)
-    create_table_artifact(key="evaluation", table=report.rows, description=f"evaluation of {checkpoint}")
+    # The table as the report prints it (values with their intervals; ceiling and copy rows included).
+    table = [table_cells(r) for r in report.rows + report.reference_rows]
+    create_table_artifact(key="evaluation", table=table, description=f"evaluation of {checkpoint}")
     create_markdown_artifact(key="evaluation-report", markdown=t.inline_images(report.markdown, Path(out)),
                              description=f"report with sample grids: {report.markdown_path}")
     emit_stage_completed("evaluate", out, checkpoint=checkpoint, report=str(report.markdown_path))

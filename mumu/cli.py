@@ -116,10 +116,29 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    _, overrides = _profile(args)
+    from mumu.config import load_profile
+    from mumu.eval.presets import protocol_overrides
+
+    # A named protocol's settings sit between the profile and --set: the user's own overrides still win (and the
+    # report names every setting that then differs from the protocol).
+    overrides = {**(protocol_overrides(args.protocol) if args.protocol else {}), **_overrides(args.set)}
+    cfg = load_profile(args.profile, overrides)
+    if args.compare:
+        from mumu.eval.compare import compare_folders, format_comparison
+
+        run_a, run_b = args.compare
+        comparisons = compare_folders(run_a, run_b, cfg.eval.bootstrap)
+        print(format_comparison(comparisons, run_a, run_b, cfg.eval.bootstrap.level))
+        return
+    if not args.checkpoint or not args.out:
+        raise UserError("evaluate needs --checkpoint and --out (or --compare RUN_A RUN_B)")
+    from mumu.eval.benchmarks import build_benchmarks
     from mumu.runs import model_dir
 
     model_dir(args.checkpoint)
+    # A bad benchmark folder (unknown MultiBench slot, unreadable image, ...) fails here, before Prefect starts.
+    bench_cfg = cfg.eval.benchmark
+    build_benchmarks(bench_cfg if args.bench == "toy" else bench_cfg.model_copy(update={"root": args.bench}))
     from flows.evaluate import evaluate
 
     report = evaluate(checkpoint=args.checkpoint, out=args.out, bench=args.bench,
@@ -201,9 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("evaluate", help="DINO, CLIP-I, CLIP-T, FID on single- and multi-subject benchmarks")
-    p.add_argument("--checkpoint", required=True, help="a training run folder or a saved model folder")
-    p.add_argument("--bench", default="toy", help="'toy' (bundled emoji subjects) or a benchmark folder")
-    p.add_argument("--out", required=True, help="report folder: report.json, report.md, grids")
+    p.add_argument("--checkpoint", help="a training run folder or a saved model folder (required unless --compare)")
+    p.add_argument("--bench", default="toy",
+                   help="'toy' (bundled emoji subjects) or a benchmark folder (DreamBench, MultiBench or subjects/)")
+    p.add_argument("--out", help="report folder: report.json, report.md, grids (required unless --compare)")
+    p.add_argument("--protocol", metavar="NAME",
+                   help="a published evaluation protocol's settings, e.g. unimo-g (DDIM 50 steps, guidance 5.0, "
+                        "4 images per prompt); --set overrides still apply on top")
+    p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                   help="instead of evaluating: print each metric's paired difference A - B over the items two "
+                        "evaluation folders share, with its bootstrap interval")
     _common(p)
     p.set_defaults(run=cmd_evaluate)
 

@@ -129,3 +129,35 @@ def test_in_process_evaluation_follows_the_dreambench_protocol(tmp_path):
     assert [n for _, n, _ in gen.calls] == [4] * 4  # 2 subjects x 2 templates, 4 images each, not the profile's 2
     assert [(r["Benchmark"], r["Images"]) for r in report.rows] == [("dreambooth-single", 16)]
     assert len(list((tmp_path / "eval" / "dreambooth-single" / "images").glob("*/*.png"))) == 16
+
+
+def test_dreambench_report_has_copy_paste_ceiling_and_the_protocol(tmp_path):
+    """DreamBench's subjects have several photos: the first is given, the others are the copy-paste score's and the
+    ceiling's "other real images"; the protocol names the 4 images per prompt and the photo each prompt used."""
+    import json
+
+    import numpy as np
+
+    from mumu.eval.benchmarks import load_rgb
+    from mumu.eval.runner import evaluate
+
+    root = make_repository(tmp_path / "dreambooth", {"backpack_dog": 3, "cat2": 2})
+    cfg = load_profile("tiny", {"eval.benchmark.root": str(root), "eval.benchmark.kinds": ["single"],
+                                "eval.benchmark.max_templates": 1}).eval
+    report = evaluate(CountingGenerator(noise=0), tmp_path / "eval", PixelEncoders(), cfg)  # pastes its input
+    (s,) = json.loads(report.json_path.read_text())["scores"]
+    photos = {k: [str(root / "dataset" / k / f"{j:02d}.jpg") for j in range(n)] for k, n in (("backpack_dog", 3),
+                                                                                            ("cat2", 2))}
+    assert s["protocol"]["samples_per_prompt"] == 4
+    assert s["protocol"]["input_images"] == {k: [v[0]] for k, v in photos.items()}
+    assert [it["others"] for it in s["items"]] == [[photos["backpack_dog"][1:]], [photos["cat2"][1:]]]
+    ceiling, copy = s["reference_rows"]["ceiling"], s["reference_rows"]["copy"]
+    assert s["copy_paste"] == pytest.approx(copy["copy_paste"], abs=1e-9)  # pasting scores the copy row
+    # the ceiling's DINO: each other photo against the given one, per subject, then over items
+    enc = PixelEncoders()
+    feats = {p: enc.dino.features([load_rgb(p)]).numpy()[0] for v in photos.values() for p in v}
+    cos = lambda a, b: float(feats[a] @ feats[b] / np.linalg.norm(feats[a]) / np.linalg.norm(feats[b]))  # noqa: E731
+    expected = np.mean([np.mean([cos(o, v[0]) for o in v[1:]]) for v in photos.values()])
+    assert ceiling["dino"] == pytest.approx(expected, abs=1e-6)
+    # the cat has one other photo: no leave-one-out copy-paste for it; the backpack's two others give one
+    assert ceiling["n_copy_paste"] == 1

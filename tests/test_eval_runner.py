@@ -181,9 +181,14 @@ def test_real_tiny_encoders_and_report_files(single_bench, tmp_path):
                                                                          s["fid"])
         line = next(ln for ln in report.markdown.splitlines() if ln.startswith(f"| {row['Run']} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[2:11] == [f"{s['subject_id']:.2f}", f"{1 / n_subjects:.2f}", f"{s['dino']:.3f}",
-                               f"{s['dino_chance']:.3f}", f"{s['clip_i']:.3f}", f"{s['clip_i_chance']:.3f}",
-                               f"{s['clip_t']:.3f}", f"{s['clip_t_chance']:.3f}", f"{s['fid']:.2f}"]
+        def with_ci(key, digits=3):  # "0.512 [0.480, 0.541]": the score and its bootstrap interval
+            low, high = s["ci"][key]
+            return f"{s[key]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+        assert cells[2:12] == [with_ci("subject_id", 2), f"{1 / n_subjects:.2f}", with_ci("dino"),
+                               f"{s['dino_chance']:.3f}", with_ci("clip_i"), f"{s['clip_i_chance']:.3f}",
+                               with_ci("clip_t"), f"{s['clip_t_chance']:.3f}", "n/a", with_ci("fid", 2)]
+        assert s["copy_paste"] is None  # one image per subject and no held-out renderings: nothing to compare
 
     cell = cfg.report.grid_cell
     assert len(report.grids) == 2 * min(cfg.report.max_grids, 6)
@@ -269,3 +274,44 @@ def test_unrelated_mean_equals_scoring_every_disjoint_pair():
     assert unrelated_mean(items, item_rows, gen, metrics.normalize(texts)) == pytest.approx(np.mean(expected_text), abs=1e-12)
     # no two items disjoint: no chance level
     assert unrelated_mean(items[:3:2], item_rows, gen, metrics.normalize(texts[:2])) is None
+
+
+def test_report_states_the_protocol_and_every_metric_has_an_interval_around_it(tmp_path):
+    from mumu.eval.runner import evaluate
+
+    root = make_bench(tmp_path / "bench")
+    cfg = eval_cfg(chunk_size=3, samples_per_prompt=2, **{"benchmark.root": str(root), "benchmark.kinds": ["single"],
+                                                           "sampler.steps": 7, "sampler.guidance_scale": 4.5,
+                                                           "seed": 11})
+    report = evaluate(CountingGenerator(), tmp_path / "eval", PixelEncoders(), cfg)
+    saved = json.loads(report.json_path.read_text())
+    protocol = saved["protocol"]["bench-single"]
+    assert protocol == saved["scores"][0]["protocol"]
+    assert (protocol["sampler"], protocol["steps"], protocol["guidance_scale"], protocol["samples_per_prompt"],
+            protocol["eval_seed"], protocol["prompt_mode"], protocol["references"]) == (
+        "ddim", 7, 4.5, 2, 11, "mumu", "input")
+    assert protocol["resolution"] == [32, 32]  # as generated (the fake returns the 32 px reference)
+    assert protocol["input_images"] == {name: [str(root / "subjects" / name / "0.png")] for name in COLOURS}
+    header = report.markdown.split("| Run |")[0]
+    assert "DDIM 7 steps" in header and "guidance 4.5" in header and "32×32 px" in header
+    assert "2 images per prompt" in header and "eval seed 11" in header and "MUMU" in header
+    assert "- blue_ball: 0.png" in header
+    for item in saved["scores"][0]["items"]:
+        assert item["seed"] == item_seed(11, item["id"]) and item["inputs"] == [r[0] for r in item["references"]]
+
+    # every per-item metric's interval holds its mean; FID's interval is of the refitted statistic
+    s = saved["scores"][0]
+    for key in ("dino", "clip_i", "clip_t", "subject_id"):
+        low, high = s["ci"][key]
+        assert low <= s[key] <= high, key
+    assert s["ci"]["copy_paste"] is None and s["copy_paste"] is None  # one image a subject, not the toy
+    # no subject has a second image: the ceiling is n/a, the copy row (the reference as output) is not
+    ceiling, copy = s["reference_rows"]["ceiling"], s["reference_rows"]["copy"]
+    assert (ceiling["dino"], ceiling["clip_i"], ceiling["copy_paste"]) == (None, None, None)
+    assert copy["dino"] == pytest.approx(1.0) and copy["copy_paste"] is None
+    ceiling_line = next(ln for ln in report.markdown.splitlines() if ln.startswith("| ↳ ceiling"))
+    assert [c.strip() for c in ceiling_line.strip("|").split("|")][4:11] == ["n/a"] * 7
+    assert s["ci"]["fid"][0] <= s["ci"]["fid"][1]
+    # deterministic: a second scoring writes the same intervals
+    again = evaluate(CountingGenerator(), tmp_path / "eval", PixelEncoders(), cfg)
+    assert json.loads(again.json_path.read_text())["scores"][0]["ci"] == s["ci"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mumu.config.base import SEED_MAX, ModelSource, StrictModel
 
@@ -66,6 +66,35 @@ class FidConfig(StrictModel):
     max_reference_images: int | None = Field(None, ge=2)
 
 
+class CopyingConfig(StrictModel):
+    """The copy-paste score's "other real images" where a subject has only one (mumu/eval/copying.py)."""
+
+    # Held-out renderings of a one-image toy subject: the emoji composed alone on a scene background at another
+    # scale and position, as the training scenes show it (mumu/data/scenes.py), drawn under `seed`.
+    held_out_renderings: int = Field(4, ge=2)  # >= 2: the real-image ceiling leaves one out against the rest
+    held_out_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.45, 0.8)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> "CopyingConfig":
+        low, high = self.held_out_scale
+        if low > high:
+            raise ValueError(f"held_out_scale must be (low, high) with low <= high, got {self.held_out_scale}")
+        return self
+
+
+class BootstrapConfig(StrictModel):
+    """Percentile bootstrap over a benchmark's prompts (mumu/eval/bootstrap.py): items are resampled with
+    replacement, each keeping all of its images, so the interval says how much the score would move on another
+    draw of prompts of the same kind."""
+
+    resamples: int = Field(1000, ge=10)
+    # FID is refitted on every resample (two eigendecompositions of D x D each): fewer resamples keep it seconds.
+    fid_resamples: int = Field(200, ge=0)  # 0 = no FID interval
+    level: float = Field(0.95, gt=0, lt=1)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+
+
 class ReportConfig(StrictModel):
     grid_cell: int = Field(128, ge=8)  # pixels per image in the report's grids
     max_grids: int = Field(8, ge=0)  # grids per benchmark (one per subject set first: report.grid_items)
@@ -73,6 +102,9 @@ class ReportConfig(StrictModel):
 
 class EvalConfig(StrictModel):
     sampler: SamplerConfig = SamplerConfig()
+    # The named protocol this evaluation follows (mumu/eval/presets.py; `mumu evaluate --protocol NAME` sets it
+    # with its values). A record: the report names it and every setting that differs from it.
+    protocol: Literal["unimo-g"] | None = None
     samples_per_prompt: int = Field(4, ge=1)
     chunk_size: int = Field(16, ge=1)  # prompts per generation task
     seed: int = Field(0, ge=0, le=SEED_MAX)  # per-item sampling seeds derive from this and the item id
@@ -82,3 +114,5 @@ class EvalConfig(StrictModel):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     fid: FidConfig = FidConfig()
     report: ReportConfig = ReportConfig()
+    copying: CopyingConfig = CopyingConfig()
+    bootstrap: BootstrapConfig = BootstrapConfig()

@@ -1,7 +1,8 @@
 """Subject-driven benchmarks: DreamBench-style single subject and MultiBench-style 2–3 subjects.
 
 DreamBench's own repository layout (dataset/<subject>/*.jpg + dataset/prompts_and_classes.txt) is read as
-published: mumu/eval/dreambench.py. Folder layout of any other benchmark (`eval.benchmark.root`)::
+published: mumu/eval/dreambench.py; so is MultiBench's (living/, wearing/, toy/, food/ + prompt_templates.txt):
+mumu/eval/multibench.py. Folder layout of any other benchmark (`eval.benchmark.root`)::
 
     <root>/subjects/<subject>/*.png|*.jpg|*.jpeg|*.webp   one folder per subject, 1+ images each
     <root>/prompts.json                                    optional; else mumu/samples/bench/prompts.json
@@ -69,6 +70,15 @@ class BenchItem(BaseModel):
     names: list[str]
     references: list[list[str]]  # per subject: reference image paths for DINO / CLIP-I
     template_index: int
+    # Per subject, the image its prompt gives it (the copy-paste score compares outputs with it); empty for items
+    # built by hand, whose prompt images are then taken in order (given_images).
+    inputs: list[str] = []
+
+    def given_images(self) -> list[str]:
+        """Per subject (in `subjects` order), the image path the prompt gave it."""
+        if self.inputs:
+            return list(self.inputs)
+        return [s.image for s in self.segments if isinstance(s, ImageRef)][:len(self.subjects)]
 
     def prompt_string(self) -> str:
         """The prompt in its written form: "a <image:path> in the jungle"."""
@@ -97,6 +107,11 @@ class Benchmark(BaseModel):
     subjects: list[Subject]
     items: list[BenchItem]
     samples_per_prompt: int | None = None  # fixed by the benchmark's protocol (DreamBench: 4); None = eval's
+    # One image per subject, drawn from emoji (the toy): the copy-paste score and the real-image ceiling use
+    # held-out renderings of each subject as its other real images (mumu/eval/held_out.py).
+    held_out_renderings: bool = False
+    # Where it comes from: the published benchmarks' figures are printed beside a run on them (mumu/eval/presets.py).
+    source: Literal["toy", "folder", "dreambench", "multibench"] = "folder"
 
     def reference_images(self) -> list[str]:
         """Every subject image of the benchmark, sorted (FID's default real set)."""
@@ -174,7 +189,7 @@ def _make_item(kind, item_id, template, template_index, subjects: list[Subject],
             text.append(name)
     return BenchItem(id=item_id, kind=kind, segments=segments, text="".join(text),
                      subjects=[s.key for s in subjects], names=[s.name for s in subjects],
-                     references=references, template_index=template_index)
+                     references=references, template_index=template_index, inputs=list(inputs))
 
 
 def single_items(subjects: list[Subject], templates: list[str], references: str,
@@ -284,8 +299,10 @@ def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[
 
     A root in DreamBench's own layout (mumu/eval/dreambench.py) gives DreamBench's single-subject benchmark as
     published; its multi-subject benchmark combines DreamBench's subjects with the bundled multi templates."""
-    from mumu.eval import dreambench
+    from mumu.eval import dreambench, multibench
 
+    if cfg.root is not None and (multi_dataset := multibench.find_dataset(Path(cfg.root))) is not None:
+        return [multibench_benchmark(cfg, multi_dataset)]
     dream_templates, protocol_samples = None, None
     if cfg.root is None:
         # The toy world's own words (the backgrounds its training scenes show, mumu/data/scenes.py): the toy
@@ -321,9 +338,29 @@ def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[
         if len(set(ids)) != len(ids):
             raise UserError(f"benchmark {prefix}-{kind}: item ids collide (subject or image names differ "
                             "only in punctuation)")
+        # DreamBench's multi-subject benchmark is this project's (its subjects in the bundled templates): "folder".
+        source = "toy" if cfg.root is None else "dreambench" if samples is not None else "folder"
         benches.append(Benchmark(name=f"{prefix}-{kind}", kind=kind, prompt_mode=mode, subjects=subjects, items=items,
-                                 samples_per_prompt=samples))
+                                 samples_per_prompt=samples, held_out_renderings=cfg.root is None, source=source))
     return benches
+
+
+def multibench_benchmark(cfg: BenchmarkConfig, dataset: Path) -> Benchmark:
+    """MultiBench as published (mumu/eval/multibench.py): its multi-subject benchmark only, since it has no
+    single-subject protocol of its own."""
+    from mumu.eval import multibench
+
+    if "multi" not in cfg.kinds:
+        raise UserError(f"{cfg.root} is a MultiBench folder, a multi-subject benchmark only: set "
+                        "eval.benchmark.kinds to include multi")
+    mode = cfg.prompt_mode or "mumu"
+    subjects, category_of, templates = multibench.load(dataset, IMAGE_SUFFIXES, cfg.max_subjects, cfg.max_templates)
+    items = multibench.items(subjects, category_of, templates, cfg.multi_combinations, cfg.references, cfg.seed, mode)
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"MultiBench {dataset}: item ids collide (subject names differ only in punctuation)")
+    return Benchmark(name=f"{_slug(Path(cfg.root).name)}-multi", kind="multi", prompt_mode=mode, subjects=subjects,
+                     items=items, source="multibench")
 
 
 def eval_config_for(bench: Benchmark, ev: EvalConfig) -> EvalConfig:

@@ -22,6 +22,8 @@ models/eval_encoders.py and the runner (mumu/eval/runner.py) feeds them.
   `model_name="clip_vit_b_32"` FID (Kynkäänniemi et al. 2023); "dino" = DINO CLS features
   (in the spirit of Stein et al. 2023's FD_DINOv2). Values are therefore NOT comparable with
   Inception-FID numbers in papers (UNIMO-G Table 2); compare runs with each other only.
+- **Copy-paste**: similarity to the given reference minus similarity to the subject's other real images:
+  mumu/eval/copying.py.
 """
 
 from __future__ import annotations
@@ -118,3 +120,28 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 def fid_from_features(generated, real) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (see the module docstring)."""
     return frechet_distance(*feature_statistics(generated), *feature_statistics(real))
+
+
+def frechet_to_reference(generated, mu_real, sigma_real) -> float:
+    """`fid_from_features(generated, real)` with the real side's statistics given (fitted once, e.g. for
+    bootstrap resamples of the generated side).
+
+    With fewer generated images than feature dimensions (N - 1 < D) the generated covariance is
+    S1 = Xcᵀ Xc / (N - 1) of rank <= N - 1, and S1 S2 has the nonzero spectrum of the N x N PSD matrix
+    Xc S2 Xcᵀ / (N - 1): its eigenvalues give Tr((S1 S2)^½) in O(N² D) instead of O(D³)."""
+    x = _f64(generated)
+    if x.shape[0] < 2:
+        raise ValueError(f"a covariance needs at least 2 feature vectors, got {x.shape[0]}")
+    mu_real, sigma_real = np.asarray(mu_real, np.float64), np.atleast_2d(np.asarray(sigma_real, np.float64))
+    n, d = x.shape
+    if n - 1 >= d:
+        return frechet_distance(x.mean(axis=0), np.cov(x, rowvar=False), mu_real, sigma_real)
+    if mu_real.shape != (d,) or sigma_real.shape != (d, d):
+        raise ValueError(f"mismatched statistics: features of {d} dims, mu {mu_real.shape}, sigma {sigma_real.shape}")
+    centred = x - x.mean(axis=0)
+    small = centred @ sigma_real @ centred.T / (n - 1)
+    eig = np.linalg.eigvalsh((small + small.T) / 2)
+    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
+    diff = x.mean(axis=0) - mu_real
+    value = float(diff @ diff + (centred ** 2).sum() / (n - 1) + np.trace(sigma_real) - 2 * tr_covmean)
+    return max(value, 0.0)

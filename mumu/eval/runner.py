@@ -28,13 +28,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mumu.config.eval import EvalConfig
+from mumu.config.eval import BootstrapConfig, EvalConfig
 from mumu.errors import UserError
-from mumu.eval import identify, metrics
+from mumu.eval import bootstrap, copying, identify, metrics, protocol
+from mumu.eval.held_out import render_held_out
+from mumu.eval.presets import published_for
+from mumu.eval.reference_rows import RealFeatures, item_copy_paste, reference_rows
 from mumu.eval.benchmarks import Benchmark, BenchItem, chunk, load_rgb
 from mumu.eval.report import Report, write_report  # re-exported: the runner's last step
 from mumu.io import atomic_path, write_json_atomic
 
+ITEM_METRICS = ("dino", "clip_i", "clip_t", "subject_id", "copy_paste")  # scored per generated image
 GenerateFn = Callable[[list, int, int], list[Image.Image]]
 GenerateBatchFn = Callable[[list[list], int, list[int]], list[list[Image.Image]]]
 
@@ -188,7 +192,9 @@ def subject_vectors(items: list[BenchItem], ref_features: np.ndarray,
 
 def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> dict:
     """DINO, CLIP-I, CLIP-T, "FID" (see mumu.eval.metrics) and subject identification with its chance level
-    (mumu.eval.identify) of a generated benchmark.
+    (mumu.eval.identify) of a generated benchmark; the copy-paste score (mumu.eval.copying), each metric's bootstrap
+    interval over items (mumu.eval.bootstrap), the benchmark's ceiling and copy rows (mumu.eval.reference_rows),
+    the protocol it was generated under (mumu.eval.protocol) and, where comparable, published figures.
 
     `encoders` is a models.eval_encoders.EvalEncoders (or anything with .dino.features and
     .clip.image_embeds / .clip.text_embeds). Returns the aggregate scores plus per-item scores.
@@ -199,8 +205,13 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
     gen_dino, gen_clip = _encode(gen_files, encoders, cfg.batch_size)
 
     ref_files = sorted({p for item in bench.items for refs in item.references for p in refs})
-    ref_index = {p: i for i, p in enumerate(ref_files)}
-    ref_dino, ref_clip = _encode(ref_files, encoders, cfg.batch_size)
+    others = other_real_images(bench, out_dir, cfg)
+    # One encoder pass over every real image: references, the images the prompts gave, their subjects' others.
+    real_files = sorted(set(ref_files) | {p for item in bench.items for p in item.given_images()}
+                        | {p for groups in others.values() for group in groups for p in group})
+    real = RealFeatures(real_files, *_encode(real_files, encoders, cfg.batch_size))
+    ref_index = {p: i for i, p in enumerate(real_files)}
+    ref_dino, ref_clip = real.dino, real.clip
     texts = sorted({item.text for item in bench.items})
     text_emb = encoders.clip.text_embeds(texts).numpy()
     text_index = {t: i for i, t in enumerate(texts)}
@@ -223,7 +234,7 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
         return metrics.clip_t(gen_clip[rows], np.repeat(text_emb[[text_index[item.text]]], len(rows), axis=0))
 
     per_item = []
-    dino_all, clip_i_all, clip_t_all, ident_all, chance_all = [], [], [], [], []
+    dino_all, clip_i_all, clip_t_all, ident_all, chance_all, copy_all = [], [], [], [], [], []
     item_rows: dict[str, list[int]] = {}
     offset = 0
     for item in bench.items:
@@ -232,6 +243,8 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
         dino, clip_i, clip_t = dino_of(rows, item), clip_i_of(rows, item), clip_t_of(rows, item)
         referenced = [subject_keys.index(k) for k in item.subjects]
         ident = [identify.identify(gen_desc[r], subject_feats, referenced) for r in rows]
+        copy_paste = item_copy_paste(gen_dino[rows], item.given_images(), others[item.id], real)
+        copy_all += [] if copy_paste is None else copy_paste.tolist()
         dino_all += dino.tolist()
         clip_i_all += clip_i.tolist()
         clip_t_all += clip_t.tolist()
@@ -240,12 +253,13 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
         per_item.append({"id": item.id, "text": item.text, "prompt": item.prompt_string(), "subjects": item.subjects,
                          "names": item.names,
                          "references": item.references, "images": [str(out_dir / p) for p in generated[item.id]],
+                         "inputs": item.given_images(), "others": others[item.id], "seed": item_seed(cfg.seed, item.id),
                          "dino": dino.tolist(), "clip_i": clip_i.tolist(), "clip_t": clip_t.tolist(),
-                         "subject_id": ident})
+                         "subject_id": ident, "copy_paste": None if copy_paste is None else copy_paste.tolist()})
 
     fid_real = (_list_images(Path(cfg.fid.reference_dir), cfg.fid.max_reference_images)
                 if cfg.fid.reference_dir else bench.reference_images()[:cfg.fid.max_reference_images])
-    if cfg.fid.reference_dir or set(fid_real) - set(ref_files):
+    if cfg.fid.reference_dir or set(fid_real) - set(real_files):
         real_dino, real_clip = _encode(fid_real, encoders, cfg.batch_size, want_dino=cfg.fid.features == "dino")
     else:
         rows = [ref_index[p] for p in fid_real]
@@ -256,8 +270,21 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
         fid = metrics.fid_from_features(gen_feat, real_feat)
     else:
         fid_note = f"needs >= 2 images on each side (generated {len(gen_feat)}, real {len(real_feat)})"
+    item_ranges = [item_rows[item.id] for item in bench.items]
+    fid_ci = None
+    if fid is not None:  # the generated side refitted on each resample of items; the real side fixed
+        mu_real, sigma_real = metrics.feature_statistics(real_feat)
+        fid_ci = bootstrap.statistic_interval(
+            len(item_ranges), lambda picked: metrics.frechet_to_reference(
+                gen_feat[[r for i in picked for r in item_ranges[i]]], mu_real, sigma_real),
+            cfg.bootstrap, cfg.bootstrap.fid_resamples)
     return {
         "benchmark": bench.name, "kind": bench.kind, "n_items": len(bench.items), "n_images": len(gen_files),
+        "protocol": protocol.describe(bench, cfg, protocol.image_size(gen_files[0]) if gen_files else None),
+        "copy_paste": float(np.mean(copy_all)) if copy_all else None, "published": published_for(bench.source, cfg),
+        "ci": {**item_intervals(per_item, cfg.bootstrap), "fid": fid_ci}, "bootstrap_level": cfg.bootstrap.level,
+        "reference_rows": reference_rows(bench.items, others, real,
+                                         {t: text_emb[text_index[t]] for t in texts}, cfg.bootstrap),
         "n_references": len(ref_files), "n_fid_real": len(real_feat),
         "dino": float(np.mean(dino_all)), "clip_i": float(np.mean(clip_i_all)), "clip_t": float(np.mean(clip_t_all)),
         "subject_id": float(np.mean(ident_all)), "subject_id_chance": float(np.mean(chance_all)),
@@ -268,6 +295,24 @@ def score(bench: Benchmark, out_dir: str | Path, encoders, cfg: EvalConfig) -> d
                                         metrics.normalize(text_emb[[text_index[item.text] for item in bench.items]])),
         "fid": fid, "fid_features": cfg.fid.features, "fid_note": fid_note, "items": per_item,
     }
+
+def other_real_images(bench: Benchmark, out_dir: Path, cfg: EvalConfig) -> dict[str, list[list[str]]]:
+    """{item id: per subject, its real images other than the one the prompt gave} (mumu/eval/copying.py): its
+    other photos, or for the toy benchmark's one-image subjects held-out renderings, written under
+    `out_dir/held_out/`."""
+    used = {key for item in bench.items for key in item.subjects}
+    held = {s.key: render_held_out(s, out_dir / "held_out", cfg.copying) for s in bench.subjects
+            if bench.held_out_renderings and s.key in used and len(s.images) == 1}
+    images = {s.key: s.images for s in bench.subjects}
+    return {item.id: [copying.other_real_images(images[key], given, held.get(key))
+                      for key, given in zip(item.subjects, item.given_images())] for item in bench.items}
+
+
+def item_intervals(per_item: list[dict], cfg: BootstrapConfig) -> dict[str, tuple[float, float] | None]:
+    """Bootstrap intervals over items of each per-image metric (each item's images averaged first)."""
+    return {metric: bootstrap.mean_interval([float(np.mean(it[metric])) for it in per_item if it.get(metric)], cfg)
+            for metric in ITEM_METRICS}
+
 
 def evaluate(generate_fn: GenerateFn | None, out_dir: str | Path, encoders, cfg: EvalConfig, run: str = "mumu",
              *, generate_batch_fn: GenerateBatchFn | None = None) -> Report:
