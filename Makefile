@@ -32,5 +32,8 @@ browser:
 			"the UI check in tests/test_deployments.py is skipped locally and fails in CI"; \
 	fi
 
+# Two pytest-xdist workers: one trains and reads the learning tests' shared models (tests/trained_models.py, one
+# torch thread), the other runs the rest of the suite (tests/conftest.py groups them). The 15 slowest tests and the
+# suite's total close the log, so a change that slows the suite shows in its own CI run.
 test: install browser
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n 2 --dist loadgroup

@@ -8,6 +8,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # One intra-op thread: the test models are tiny, so extra threads only add sync cost, and on a shared
@@ -15,3 +16,12 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from tests.prefect_harness import prefect_server  # noqa: E402,F401  (session fixture)
+from tests.trained_models import toy_models  # noqa: E402,F401  (session fixture)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) the learning tests form one group, so one worker
+    trains each shared model once (tests/trained_models.py) while the other runs the rest of the suite, whose
+    servers, workers and subprocesses leave much of a core idle."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("learning" if item.get_closest_marker("learning") else "rest"))

@@ -1,11 +1,10 @@
 """MUMU's conditioning-image augmentation makes the trained model take the subject, not the exact crop.
 
-The tiny model is trained 600 steps on mumu.eval.prompt_following's toy task (K = 4 subjects, text and image
-prompts) with the prompt images augmented as the training loader does (mumu.train.augment: random crop keeping
->= 90 % of each side, flip, grayscale, pixel noise) on half of them, and with none (the cut). Both are then
-prompted with each subject's picture cut to 90 % and 80 % of its side at five places (corners and centre): with
-augmentation the subject is found every time, without it about one prompt in seven is drawn as a neighbour.
-600 steps, not fewer: at 200 and 300 the gap depends on the training seed (docs/recipe.md).
+The shared `singles` model (tests/trained_models.py: K = 4 subjects, text and image prompts, 600 steps) is trained
+with half of its prompt images augmented as the training loader does (mumu.train.augment: random crop keeping >= 90 %
+of each side, flip, grayscale, pixel noise). It is prompted with each subject's picture cut to 90 % and 80 % of its
+side at five places (corners and centre) and finds the subject in 85-94 % of the images; the same training without
+augmentation (`python -m bench.learning_runs --cuts not-augmented`) in 80 % (docs/recipe.md).
 """
 
 import dataclasses
@@ -13,31 +12,24 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mumu import SAMPLES_DIR
-from mumu.eval.prompt_following import score_following, toy_iterate, toy_subjects
-from mumu.generate import MumuSampler, load_model
-from tests.toy_training import toy_profile, train_on_toy
+from mumu.eval.prompt_following import score_following, toy_iterate
+from tests.toy_training import toy_profile
+from tests.trained_models import SPECS, spec_profile, subjects_of
 
-K, N_IMAGES, STEPS, SEED = 4, 4, 600, 1234
-EMOJI = SAMPLES_DIR.parent / "emoji"
+pytestmark = pytest.mark.learning
+
+N_IMAGES, SEED = 2, 1234  # 80 images on cut prompts: one is 0.0125
 CUTS = (0.9, 0.8)  # kept share of each side
 PLACES = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))  # where the kept window sits
 
 
 def _profile(share: float):
-    return toy_profile(STEPS, **{"train.tune.augment.share": share})
+    return toy_profile(SPECS["singles"].steps, **{"train.tune.augment.share": share})
 
 
 @pytest.fixture(scope="module")
 def subjects():
-    return toy_subjects(EMOJI, K, _profile(0.0).model.decoder.resolution)
-
-
-@pytest.fixture(scope="module", params=[0.5, 0.0], ids=["augmented", "not-augmented"])
-def trained(request, subjects, tmp_path_factory) -> tuple[float, MumuSampler]:
-    profile = _profile(request.param)
-    model_dir = train_on_toy(profile, subjects, tmp_path_factory.mktemp("augment"))
-    return request.param, MumuSampler(load_model(model_dir), profile.eval.sampler)
+    return subjects_of("singles")
 
 
 def _cut(image, keep: float, place: tuple[float, float]):
@@ -72,15 +64,18 @@ def test_the_stream_augments_the_stages_share_of_prompt_images(subjects):
         assert len(plain) > 100 and all(im.tobytes() in originals for im in plain)
 
 
-def test_augmented_training_finds_the_subject_in_new_framings(trained, subjects):
-    share, sampler = trained
+def test_the_shared_model_augments_half_of_its_prompt_images():
+    assert spec_profile(SPECS["singles"], 0).train.tune.augment.share == 0.5
+
+
+def test_augmented_training_finds_the_subject_in_new_framings(toy_models, subjects):
+    trained = toy_models("singles")
+    sampler = trained.sampler()
     whole = score_following(sampler, subjects, n=N_IMAGES, seed=SEED, kinds=("image",)).accuracy["image"]
     cut = _accuracy_on_cut_prompts(sampler, subjects)
-    print(f"augmented share {share}: whole prompt images {whole:.2f}, cut ones {cut:.2f}")
-    # Measured at training seeds 0 / 1 / 2: whole 1.00 for both; cut prompts 0.99 / 1.00 / 1.00 augmented,
-    # 0.85 / 0.86 / 0.82 not.
-    assert whole >= 0.9  # both models follow the pictures they were trained on
-    if share > 0:
-        assert cut >= 0.95, cut
-    else:  # the cut: without augmentation a new framing loses subjects
-        assert cut <= 0.9, cut
+    print(f"augmented share {trained.profile.train.tune.augment.share}: whole prompt images {whole:.2f}, "
+          f"cut ones {cut:.2f}")
+    assert whole >= 0.9
+    # Measured (docs/recipe.md, "The shared trained models"): 0.85-0.94 over seeds 0-2 and both kernel sets; the
+    # same training without augmentation (bench/learning_runs.py --cuts not-augmented) 0.80.
+    assert cut >= 0.82, cut

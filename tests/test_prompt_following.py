@@ -1,81 +1,40 @@
 """The trained model follows its prompt: text prompts and image prompts, each to its own target.
 
-The tiny profile's model (mumu/profiles/tiny.yaml) is trained from scratch on the toy task of
-mumu.eval.prompt_following (K = 4 emoji subjects, each prompted by its name or by its picture alone), then
-every prompt is sampled from the same noise seeds and each image is assigned to its nearest target. Two
-prompt paths are trained (RECIPES): tiny's own, MUMU's, and UNIMO-G's (the unimo-g profile's).
-Cutting the condition must make the score fail: a model trained with prompts shuffled against targets, the
-trained model with its connector's output zeroed, and with its image features zeroed (image prompts only).
-So must cutting either part of the recipe that makes the from-scratch UNet learn its condition in this budget
-(docs/recipe.md): v-prediction on a zero-terminal-SNR schedule (trained with ε on SD's schedule instead), and
-the fitted VAE (the same VAE with random weights).
+The tiny profile's model, trained from scratch on the toy task of mumu.eval.prompt_following (K = 4 emoji subjects,
+each prompted by its name or by its picture alone; tests/trained_models.py), samples every prompt from the same
+noise seeds and each image is assigned to its nearest target. Two prompt paths are trained: tiny's own, MUMU's (the
+shared `singles` model, which also learns prompt-image augmentation and low-resolution targets), and UNIMO-G's (the
+unimo-g profile's). Cutting the condition must make the score fail: the trained model with its connector's output
+zeroed, and with its image features zeroed (image prompts only). The recipe's own parts cut in training
+(ε-prediction, the unfitted VAE) and prompts shuffled against targets: bench/learning_runs.py --cuts, docs/recipe.md.
 """
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mumu import SAMPLES_DIR
-from mumu.config.base import ModelSource
-from mumu.eval.prompt_following import score_following, toy_batches, toy_subjects
-from mumu.generate import MumuSampler, load_model
-from tests.toy_training import toy_profile, train_on_toy
+from mumu.eval.prompt_following import nearest_target, score_following, toy_batches
+from mumu.generate import MumuSampler
+from tests.trained_models import subjects_of
 
-# 300 steps: at 200 the recipe missed the 0.9 bar at two training seeds of six (0.75); at 300 it scores 1.00 at all six.
-K, N_IMAGES, STEPS, SEED = 4, 4, 300, 1234
-EMOJI = SAMPLES_DIR.parent / "emoji"
-# The prompt paths: MUMU's (tiny's own: the perceiver bypassed, each image's patch features pooled, LoRA on the
-# MLLM) and UNIMO-G's (the MLLM frozen, images read through its perceiver; only the connector and UNet train).
-RECIPES = {
-    "mumu": {},
-    "unimo-g": {"model.encoder.train_language_model": "frozen", "model.encoder.lora.enabled": False,
-                "model.encoder.lora_projector": False, "model.encoder.bypass_resampler": False},
-}
+pytestmark = pytest.mark.learning
 
-
-def _unfitted_vae() -> dict:
-    """The fitted VAE's architecture with random weights (seeded): the VAE before mumu.train.fit_vae."""
-    from diffusers import AutoencoderKL
-
-    config = AutoencoderKL.load_config(ModelSource(pretrained="bundled:tiny_vae").location)
-    return {"config": {k: v for k, v in config.items() if not k.startswith("_")}, "seed": 0}
-
-
-# Each part of tiny's training recipe cut on its own, at the same budget.
-RECIPE_CUTS = {
-    "epsilon-prediction": lambda: {"model.decoder.prediction_type": "epsilon",
-                                   "model.decoder.rescale_betas_zero_snr": False},
-    "unfitted-vae": lambda: {"model.decoder.vae": _unfitted_vae()},
-}
-
-
-def _profile(recipe: str = "mumu", **overrides):
-    return toy_profile(STEPS, **RECIPES[recipe], **overrides)
-
-
-def _train(out: Path, shuffle_targets: bool, recipe: str = "mumu", **overrides) -> MumuSampler:
-    profile = _profile(recipe, **overrides)
-    subjects = toy_subjects(EMOJI, K, profile.model.decoder.resolution)
-    return MumuSampler(load_model(train_on_toy(profile, subjects, out, shuffle_targets=shuffle_targets)),
-                       profile.eval.sampler)
+K, N_IMAGES, SEED = 4, 4, 1234
+MODELS = ("singles", "unimo-g")  # MUMU's prompt path and UNIMO-G's (tests/trained_models.py)
 
 
 @pytest.fixture(scope="module")
 def subjects():
-    return toy_subjects(EMOJI, K, _profile().model.decoder.resolution)
+    return subjects_of("singles")
 
 
-@pytest.fixture(scope="module", params=list(RECIPES))
-def trained(request, tmp_path_factory) -> MumuSampler:
-    return _train(tmp_path_factory.mktemp(f"follow-{request.param}"), shuffle_targets=False, recipe=request.param)
+@pytest.fixture(scope="module", params=MODELS)
+def trained(request, toy_models) -> MumuSampler:
+    return toy_models(request.param).sampler()
 
 
 def test_toy_task_is_well_posed(subjects):
     """Targets are far apart, each target is its own nearest target, and the stream pairs prompts right."""
-    from mumu.eval.prompt_following import nearest_target
-
     targets = [s.target for s in subjects]
     assert list(nearest_target(targets, targets)) == list(range(K))
     px = np.stack([np.asarray(t, np.float32) for t in targets])
@@ -125,25 +84,3 @@ def test_zeroed_image_features_fail_image_prompts(trained, subjects, monkeypatch
     print(f"zeroed image features: accuracy {score.accuracy}, spread {score.spread}")
     assert score.accuracy["image"] <= 1.0 / K + 1e-9 and score.spread["image"] < 1.0, score
     assert score.accuracy["text"] >= 0.9, score.accuracy
-
-
-def test_prompts_shuffled_against_targets_fail(tmp_path, subjects):
-    """Trained with every prompt paired with a random subject's target, the condition carries nothing."""
-    score = score_following(_train(tmp_path, shuffle_targets=True), subjects, n=N_IMAGES, seed=SEED)
-    print(f"shuffled training: accuracy {score.accuracy}, spread {score.spread}")
-    assert max(score.accuracy.values()) < 0.6, score.accuracy
-
-
-@pytest.mark.parametrize("cut", list(RECIPE_CUTS))
-def test_recipe_cut_fails(tmp_path, subjects, cut):
-    """Trained the same 300 steps with one part of the recipe cut, the model misses the bar the recipe passes.
-    Measured at training seeds 0 / 1 / 2: ε-prediction 0.38 / 0.50 / 0.63 (text), 0.38 / 0.44 / 0.63 (image), where
-    the recipe scores 1.00 on both at each (and at seeds 3-5); the unfitted VAE, whose posterior noise is as large
-    as the latents, hides the targets from the UNet: chance (0.25), spread 1.3 / 0.7 (under 2 at 200 steps, each
-    seed)."""
-    score = score_following(_train(tmp_path, shuffle_targets=False, **RECIPE_CUTS[cut]()), subjects,
-                            n=N_IMAGES, seed=SEED)
-    print(f"{cut}: accuracy {score.accuracy}, spread {score.spread}")
-    assert max(score.accuracy.values()) < 0.9, score.accuracy
-    if cut == "unfitted-vae":
-        assert max(score.accuracy.values()) <= 0.5 and max(score.spread.values()) < 5, score

@@ -1,5 +1,5 @@
 """The tiny profile trained on mumu.eval.prompt_following's toy task: the setup the learning tests share
-(test_prompt_following, test_multi_entity_following, test_attention_loss_learning, test_augmentation_learning)."""
+(tests/trained_models.py trains each of their models once a session)."""
 
 from pathlib import Path
 
@@ -11,10 +11,12 @@ from mumu.train.loop import train
 
 
 def toy_profile(steps: int, **overrides):
-    """tiny, tuning `steps` steps of batch 8 with one checkpoint at the end, no preview grids and (unless
-    overridden) no attention-mask loss."""
+    """tiny, tuning `steps` steps of batch 8 on one torch thread with one checkpoint at the end, no preview grids
+    and (unless overridden) no attention-mask loss. One thread: the figures do not depend on how many threads
+    the machine gives (float sums split across threads round differently), and `make test` runs the learning tests
+    beside the rest of the suite, one core each."""
     return load_profile("tiny", {
-        "train.tune.batch_size": 8, "train.tune.max_steps": steps, "train.tune.warmup_steps": 10,
+        "runtime.train_torch_threads": 1, "train.tune.batch_size": 8, "train.tune.max_steps": steps, "train.tune.warmup_steps": 10,
         "train.tune.checkpoint_every": steps, "train.tune.sample_every": 0, "train.tune.attn_loss.weight": 0.0,
         **overrides,
     })

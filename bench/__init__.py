@@ -1,0 +1,1 @@
+"""Benchmarks and measured probes: each prints its figures against a baseline run in the same process."""
