@@ -19,9 +19,11 @@ from tests.prefect_harness import prefect_server  # noqa: E402,F401  (session fi
 from tests.trained_models import toy_models  # noqa: E402,F401  (session fixture)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) the learning tests form one group, so one worker
-    trains each shared model once (tests/trained_models.py) while the other runs the rest of the suite, whose
-    servers, workers and subprocesses leave much of a core idle."""
+    trains each shared model once (tests/trained_models.py); the rest of the suite goes, test by test, to whichever
+    worker is free."""
     for item in items:
-        item.add_marker(pytest.mark.xdist_group("learning" if item.get_closest_marker("learning") else "rest"))
+        if item.get_closest_marker("learning"):
+            item.add_marker(pytest.mark.xdist_group("learning"))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mumu import FLUENT_EMOJI_DIR
 from mumu.config import load_profile
 from mumu.config.data import EntitiesConfig
 from mumu.data import stages
@@ -77,7 +78,11 @@ def test_entities_of_the_bundled_captions_are_the_emoji_names():
 def test_bundled_samples_match_their_ground_truth_and_regenerate(tmp_path):
     names = json.loads((SAMPLES / "emoji" / "names.json").read_text())
     assert 55 <= len(names) <= 80 and (SAMPLES / "emoji" / "LICENSE").exists()
-    assert sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file()) < 3_000_000
+    # The clone stays light: the pipeline's samples under 3 MB, the unseen-subjects task's 390 emoji under 2 MB.
+    fluent = sum(p.stat().st_size for p in FLUENT_EMOJI_DIR.rglob("*") if p.is_file())
+    assert sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file()) - fluent < 3_000_000
+    assert fluent < 2_000_000 and len(list((FLUENT_EMOJI_DIR / "images").glob("*.webp"))) == 390
+    assert (FLUENT_EMOJI_DIR / "LICENSE").exists()
     rows = _annotations()
     for i, row in enumerate(rows[:6]):  # re-rendering is deterministic: same pixels, boxes and masks
         scene = render_scene(SAMPLES / "emoji", i)

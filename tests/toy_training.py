@@ -1,13 +1,20 @@
 """The tiny profile trained on mumu.eval.prompt_following's toy task: the setup the learning tests share
 (tests/trained_models.py trains each of their models once a session)."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from models.cached import CachedFeatures
+from models.decoder import build_vae, vae_posterior
+from models.mumu_model import target_pixels
 from mumu.config import load_profile
 from mumu.eval.prompt_following import ToySubject, toy_iterate
 from mumu.train.loop import train
+
+MAX_MEMO = 512  # distinct targets whose posteriors are kept (a stream that places subjects at random has no end)
 
 
 def toy_profile(steps: int, **overrides):
@@ -25,6 +32,31 @@ def toy_profile(steps: int, **overrides):
 def train_on_toy(profile, subjects: list[ToySubject], out: Path, **stream) -> Path:
     """Train the tune stage from scratch on the toy stream (toy_iterate's options in `stream`); the model's
     directory. Every step ran, with finite losses."""
-    result = train("tune", profile, [], out, resume=False, iterate=toy_iterate(subjects, **stream))
+    iterate = with_target_posteriors(toy_iterate(subjects, **stream), profile.model.decoder)
+    result = train("tune", profile, [], out, resume=False, iterate=iterate)
     assert result.steps == profile.train.tune.max_steps and np.isfinite(result.losses).all()
     return result.model_dir
+
+
+def with_target_posteriors(iterate, decoder_cfg):
+    """The toy stream with each target's VAE posterior attached, as the feature cache attaches it to real samples
+    (models/cached.py): the toy task draws the same few targets again and again, and the frozen VAE's encode was a
+    fifth of a step. The step draws its latent sample from the posterior either way, so the model trains the same."""
+    vae = build_vae(decoder_cfg).eval().requires_grad_(False)
+    memo: dict[tuple, torch.Tensor] = {}
+
+    def posteriors(images) -> list[torch.Tensor]:
+        keys = [(im.size, im.mode, im.tobytes()) for im in images]
+        missing, computed = {k: im for k, im in zip(keys, images) if k not in memo}, {}
+        if missing:
+            pixels = torch.stack([target_pixels(im, decoder_cfg.resolution)[0] for im in missing.values()])
+            computed = dict(zip(missing, vae_posterior(vae, pixels)))
+            if len(memo) + len(computed) <= MAX_MEMO:
+                memo.update(computed)
+        return [memo[k] if k in memo else computed[k] for k in keys]
+
+    def iterate_with_posteriors(*args, **kwargs):
+        for batch in iterate(*args, **kwargs):
+            yield [dataclasses.replace(ex, features=CachedFeatures(posterior=p))
+                   for ex, p in zip(batch, posteriors([ex.image for ex in batch]))]
+    return iterate_with_posteriors
