@@ -1,6 +1,6 @@
 """Subjects never trained on: held-out identification against the number of training subjects and steps.
 
-    python -m bench.unseen_subjects --subjects 16 64 374 --steps 1000 2000 [--tokens 16] [--out runs/unseen]
+    python -m bench.unseen_subjects --subjects 16 64 374 --steps 1000 2000 [--tokens 16] [--set KEY=VALUE ...]
 
 Each arm trains the tiny profile's model from scratch on mumu.eval.unseen's task (a subject's picture in a scene
 its text sets -> the subject centred on that background), on that many of the bundled 390 emoji
@@ -25,7 +25,8 @@ from mumu import FLUENT_EMOJI_DIR as EMOJI
 HELD_OUT, SEED, COLOUR = 16, 1234, "pink"
 
 
-def run_arm(n_subjects: int, steps: int, tokens: int, out: Path, seed: int) -> list[dict]:
+def run_arm(n_subjects: int, steps: int, tokens: int, out: Path, seed: int,
+            overrides: dict | None = None) -> list[dict]:
     from diffusers.utils import make_image_grid
 
     from mumu.config import load_profile
@@ -41,7 +42,7 @@ def run_arm(n_subjects: int, steps: int, tokens: int, out: Path, seed: int) -> l
         "runtime.seed": seed, "runtime.train_torch_threads": 1, "train.tune.batch_size": 8,
         "train.tune.max_steps": steps, "train.tune.warmup_steps": 10, "train.tune.checkpoint_every": steps,
         "train.tune.sample_every": 0, "train.tune.attn_loss.weight": 0.0, "train.tune.augment.share": 0.0,
-        "model.encoder.image_tokens": tokens})
+        "model.encoder.image_tokens": tokens, **(overrides or {})})
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     result = train("tune", profile, [], out, resume=False, iterate=unseen_iterate(trained))
@@ -67,13 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[1000, 2000])
     parser.add_argument("--tokens", type=int, default=16, help="image tokens a picture (an n x n grid)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a profile override for every arm, e.g. --set model.encoder.freeze_vision=false")
     parser.add_argument("--out", default="runs/unseen")
     args = parser.parse_args(argv)
+    from mumu.cli import _overrides
+
+    overrides = _overrides(args.set)
+    if overrides:
+        print(f"overrides: {overrides}")
     print("| training subjects | steps | tokens | subjects asked | form | pixels | identified | background | copy | "
           "chance | train s | loss |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.subjects:
         for steps in args.steps:
-            for r in run_arm(n, steps, args.tokens, Path(args.out) / f"s{n}-n{steps}", args.seed):
+            for r in run_arm(n, steps, args.tokens, Path(args.out) / f"s{n}-n{steps}", args.seed, overrides):
                 print(f"| {r['subjects']} | {r['steps']} | {r['tokens']} | {r['group']} | {r['form']} | "
                       f"{r['pixels']:.2f} | {r['identified']:.2f} | {r['adherence']:.2f} | {r['copy']:.2f} | "
                       f"{r['chance']:.3f} | {r['train_s']:.0f} | {r['loss']:.3f} |", flush=True)

@@ -3,7 +3,7 @@
 The shared `singles` model (tests/trained_models.py: K = 4 subjects, text and image prompts, 600 steps) is trained
 with half of its prompt images augmented as the training loader does (mumu.train.augment: random crop keeping >= 90 %
 of each side, flip, grayscale, pixel noise). It is prompted with each subject's picture cut to 90 % and 80 % of its
-side at five places (corners and centre) and finds the subject in 85-94 % of the images; the same training without
+side at five places (corners and centre) and finds the subject in 86-100 % of the images; the same training without
 augmentation (`python -m bench.learning_runs --cuts not-augmented`) in 80 % (docs/recipe.md).
 """
 
@@ -75,7 +75,8 @@ def test_augmented_training_finds_the_subject_in_new_framings(toy_models, subjec
     cut = _accuracy_on_cut_prompts(sampler, subjects)
     print(f"augmented share {trained.profile.train.tune.augment.share}: whole prompt images {whole:.2f}, "
           f"cut ones {cut:.2f}")
-    assert whole >= 0.9
-    # Measured (docs/recipe.md, "The shared trained models"): 0.85-0.94 over seeds 0-2 and both kernel sets; the
-    # same training without augmentation (bench/learning_runs.py --cuts not-augmented) 0.80.
+    # Measured at training seeds 0-2 on both kernel sets (docs/figures.md): whole 1.00 everywhere (the bar two of its
+    # 8 images below), cut 0.86-1.00 (the bar two of its 80 below the lowest); the same training without augmentation
+    # (bench/learning_runs.py --cuts not-augmented) 0.80.
+    assert whole >= 0.75, whole
     assert cut >= 0.82, cut

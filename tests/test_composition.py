@@ -45,6 +45,7 @@ def test_trained_model_draws_both_subjects_of_pairs_it_never_saw(toy_models, sub
     # That the trained pairs are learned, in order, is tests/test_multi_entity_following.py's claim on this model.
     held = score_pairs(toy_models("pairs").sampler(), subjects, n=N_IMAGES, seed=SEED, pairs=HELD_OUT).accuracy
     print(f"held-out pairs {held}")
-    # Pairs never trained: both subjects drawn in a quarter of the images or more, against 0 for a model that
-    # reproduces trained pairs (seeds and kernels: docs/figures.md).
-    assert (held["text"]["either"] + held["image"]["either"]) / 2 >= 0.25, held
+    # Pairs never trained: both subjects drawn in a fifth of the images or more, against 0 for a model that
+    # reproduces trained pairs. Lowest at training seeds 0-2 on both kernel sets 0.27 (docs/figures.md): the bar
+    # sits two of the 64 images below it.
+    assert (held["text"]["either"] + held["image"]["either"]) / 2 >= 0.2, held

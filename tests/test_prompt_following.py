@@ -51,8 +51,9 @@ def test_toy_task_is_well_posed(subjects):
 def test_trained_model_follows_text_and_image_prompts(trained, subjects):
     score = score_following(trained, subjects, n=N_IMAGES, seed=SEED)
     print(f"accuracy {score.accuracy}, spread {score.spread}, chance {score.chance}")
-    assert score.accuracy["text"] >= 0.9, score.accuracy
-    assert score.accuracy["image"] >= 0.9, score.accuracy
+    # 1.00 / 1.00 at training seeds 0-2 on both kernel sets (docs/figures.md); the bar sits two of the 16 images below.
+    assert score.accuracy["text"] >= 0.85, score.accuracy
+    assert score.accuracy["image"] >= 0.85, score.accuracy
     # Images from one noise seed differ between prompts by tens of grey levels, not by rounding.
     assert min(score.spread.values()) > 20, score.spread
 
@@ -83,4 +84,4 @@ def test_zeroed_image_features_fail_image_prompts(trained, subjects, monkeypatch
     score = score_following(trained, subjects, n=N_IMAGES, seed=SEED)
     print(f"zeroed image features: accuracy {score.accuracy}, spread {score.spread}")
     assert score.accuracy["image"] <= 1.0 / K + 1e-9 and score.spread["image"] < 1.0, score
-    assert score.accuracy["text"] >= 0.9, score.accuracy
+    assert score.accuracy["text"] >= 0.85, score.accuracy

@@ -79,7 +79,7 @@ def test_trained_model_draws_the_resolution_it_is_told(toy_models, subjects):
     blurred_small, blurred_full, small, full = _told(trained, subjects)
     print(f"low-res share {LOW_RES_SHARE}: told {LOW_RES} px {small}\n  told full size {full}")
     for kind in KINDS:  # the prompt's subject, whatever size it is told
-        assert small[kind][0] >= 0.9 and full[kind][0] >= 0.9, (small, full)
+        assert small[kind][0] >= 0.85 and full[kind][0] >= 0.85, (small, full)
     # Told 4 px: the blur of an upscaled small image; told 64: mostly the sharp target (a share of training's targets
     # was blurred, so some noise draws a blur at any told size; seeds and kernels: docs/figures.md).
     assert blurred_small >= 0.8 and blurred_small - blurred_full >= 0.5, (blurred_small, blurred_full)
