@@ -1,6 +1,6 @@
 """Toy reproduction of UNIMO-G's ablation (Tables 2-3): w/o Tuning vs w/o VisualEnh vs full, on CPU.
 
-    python bench/ablation.py --steps-pretrain 150 --steps-tune 80 --seeds 0 1 2 --out runs/ablation [--write-docs]
+    python -m bench.ablation --steps-pretrain 150 --steps-tune 80 --seeds 0 1 2 --out runs/ablation [--write-docs]
 
 Per seed, with the same budget (N + M optimizer steps of batch `train.*.batch_size`) and the same data:
   (a) "w/o Tuning":    stage 1 (text-to-image pretraining) for N + M steps
@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -33,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from mumu.io import write_text_atomic
 
@@ -135,10 +133,10 @@ def run_seed(args_dict: dict, seed: int, urls: list[str]) -> dict:
 
 def evaluate_seed(args_dict: dict, seed: int, arms: dict, prompts: list, emoji_dir: str) -> dict:
     """Generate the eval prompts with each arm's model and score them → {arm: {column: value}}."""
-    import ablation_metrics as M
     import torch
     from diffusers.utils import make_image_grid
 
+    from bench import ablation_metrics as M
     from mumu.config import load_profile
     from mumu.data.scenes import load_emoji_names
     from mumu.eval import identify
@@ -215,10 +213,10 @@ def cpu_name() -> str:
 
 
 def main(argv=None) -> dict:
-    import ablation_data as D
-    import ablation_metrics as M
     import torch
 
+    from bench import ablation_data as D
+    from bench import ablation_metrics as M
     from mumu import SAMPLES_DIR
     from mumu.config import load_profile
 
@@ -240,7 +238,7 @@ def main(argv=None) -> dict:
     print(f"data: {data['written']} scenes ({data_seconds:.0f} s)", flush=True)
     mllm = None
     if args.mllm_steps:
-        from ablation_mllm import pretrain_mllm
+        from bench.ablation_mllm import pretrain_mllm
 
         mllm = pretrain_mllm(profile.model.encoder, emoji, sorted(train_subjects), sorted(heldout), out / "mllm",
                              args.mllm_steps)
@@ -288,7 +286,7 @@ def main(argv=None) -> dict:
     print(table)
     print(json.dumps(budget, indent=1))
     if args.write_docs:
-        from ablation_report import write_docs
+        from bench.ablation_report import write_docs
 
         write_docs(ROOT / "docs" / "ablation.md", result, out)
     return result

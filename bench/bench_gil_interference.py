@@ -1,6 +1,6 @@
 """How much each piece of build-data's background work slows the model calls beside it, in one process.
 
-    python bench/bench_gil_interference.py [--images 384] [--shards 6] [--repeats 3] [--switch-ms 5 0.2]
+    python -m bench.bench_gil_interference [--images 384] [--shards 6] [--repeats 3] [--switch-ms 5 0.2]
 
 The data stage runs its shard I/O on a background thread while the models run (runtime.write_behind, read_ahead).
 Here each piece of that work runs in a loop on a thread while the detector and segmenter run on --shards shards
@@ -31,12 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from webdataset import TarWriter  # noqa: E402
 
+from bench.bench_build_data import load_models, make_inputs  # noqa: E402
 from mumu.config import load_profile  # noqa: E402
 from mumu.data import stages  # noqa: E402
 from mumu.data.shards import sample_members  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_build_data import load_models, make_inputs  # noqa: E402
 
 
 def main() -> None:

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
@@ -35,7 +33,8 @@ from models.eval_encoders import ClipEncoder, DinoEncoder, EvalEncoders  # noqa:
 from mumu.config import ModelSource, load_profile  # noqa: E402
 from mumu.config.eval import BenchmarkConfig  # noqa: E402
 from mumu.eval import metrics  # noqa: E402
-from mumu.eval.benchmarks import build_benchmarks, load_rgb  # noqa: E402
+from mumu.eval.benchmarks import build_benchmarks  # noqa: E402
+from mumu.eval.items import load_rgb  # noqa: E402
 from mumu.eval.runner import generate_benchmark, score  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Orchestration overhead of the build-data flow, and what 2 Dask workers buy over 1.
 
-    python bench/bench_orchestration.py [--images 48] [--per-shard 8] [--repeats 2] [--skip-dask]
+    python -m bench.bench_orchestration [--images 48] [--per-shard 8] [--repeats 2] [--skip-dask]
 
 1. Same process, same tiny models, same inputs, fresh output folder each time:
    - direct:  mumu.data.stages.run_local (the stage functions called one after another per shard);
@@ -32,12 +32,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 _threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
 os.environ.setdefault("OMP_NUM_THREADS", _threads)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
-
 import torch  # noqa: E402
 
-from bench_build_data import make_inputs  # noqa: E402  (bundled scenes + rendered ones, with captions)
+from bench.bench_build_data import make_inputs  # noqa: E402  (bundled scenes + rendered ones, with captions)
 from mumu.config import config_hash, load_profile  # noqa: E402
 from mumu.data import stages  # noqa: E402
 
@@ -64,7 +61,7 @@ def main() -> None:
     from models.captioner import Captioner
     from models.detector import Detector
     from models.segmenter import Segmenter
-    from tasks.common import cached_model
+    from tasks.model_cache import cached_model
 
     overrides = {"data.ingest.images_per_shard": args.per_shard, "runtime.torch_threads": args.threads}
     cfg = load_profile("tiny", overrides)

@@ -15,7 +15,7 @@ One process, tiny profile, the bundled samples (mumu/samples/scenes), a fresh ou
              cost; prefect vs plain direct also counts what that concurrency gains or loses.
 The ephemeral API's start-up is excluded (a trivial flow runs first); every path is warmed once with a
 short run (imports, tokenizers, the data models and evaluation encoders, which all paths take from
-tasks.common.cached_model's per-process cache), then repeats are interleaved and minima reported (per
+tasks.model_cache.cached_model's per-process cache), then repeats are interleaved and minima reported (per
 stage and for the total separately, so stage minima need not add up to the total's).
 Per stage, the pipeline's wall time is split at its subflows' end times (read back from the API).
 Checks that every path did the same work: manifest counts, every training loss, the report's scores.
@@ -37,9 +37,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
 
 import torch
 
@@ -65,12 +62,14 @@ def run_direct(out: Path, overrides: dict, threads: int = 1) -> dict[str, float]
     from mumu.data import stages
     from mumu.data.shards import shard_urls
     from mumu.eval import runner
-    from mumu.eval.benchmarks import build_benchmarks, chunk
+    from mumu.eval.benchmarks import build_benchmarks
+    from mumu.eval.items import chunk
     from mumu.generate import MumuSampler
     from mumu.runs import model_dir
     from mumu.train import feature_stage
     from mumu.train.loop import train
-    from tasks.common import cached_model, worker_device
+    from tasks.model_cache import cached_model
+    from tasks.placement import worker_device
 
     cfg = load_profile("tiny", overrides)
     data, ev = cfg.data, cfg.eval
@@ -130,10 +129,7 @@ def run_direct(out: Path, overrides: dict, threads: int = 1) -> dict[str, float]
 def run_prefect(out: Path, overrides: dict) -> dict[str, float]:
     """flows.pipeline.pipeline; its wall time split per stage at the subflows' end times."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
-    )
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     from flows.pipeline import pipeline
 

@@ -14,12 +14,8 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 V = {"model.decoder.prediction_type": "v_prediction"}
 ZSNR = {**V, "model.decoder.rescale_betas_zero_snr": True}

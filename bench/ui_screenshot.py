@@ -21,7 +21,6 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from deployments.local_server import local_server  # noqa: E402
 from deployments.ui_check import (  # noqa: E402

@@ -2,8 +2,8 @@
 
     mumu.data.landed      new input files under a watched folder   → run build-data on that folder
     mumu.stage.completed  a stage flow finished, resource mumu.stage.<stage>, payload {"out": ..., ...}
-                          → run the next stage on that output (build-data → cache-features → pretrain → tune
-                          → evaluate; cache-features announces the data folder it cached, so pretrain reads it)
+                          → run the next stage on that output (the stages and each one's upstream: mumu/stage_list.py;
+                          cache-features announces the data folder it cached, so pretrain reads it)
 
 A stage only *chains* (label "mumu.chain" = "true") when it ran as a top-level deployment run. A stage
 running as a subflow of the pipeline flow, or from the `mumu` CLI, still emits its event (it is visible
@@ -18,27 +18,27 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
+from prefect.events.worker import EventsWorker
 
-STAGE_COMPLETED = "mumu.stage.completed"
-DATA_LANDED = "mumu.data.landed"
+from mumu.stage_list import CHAIN_LABEL, DATA_LANDED, INPUTS_RESOURCE, STAGE_COMPLETED, stage
 
 
 def _is_top_level_deployment_run() -> bool:
-    from prefect.context import FlowRunContext
-
     ctx = FlowRunContext.get()
     run = ctx.flow_run if ctx else None
     return bool(run and run.deployment_id and run.parent_task_run_id is None)
 
 
-def emit_stage_completed(stage: str, out: str, **payload: Any):
-    """Announce that `stage` wrote `out`; extra keyword arguments go into the payload (JSON values)."""
+def emit_stage_completed(name: str, out: str, **payload: Any):
+    """Announce that stage `name` (of mumu/stage_list.py) wrote `out`; extra keyword arguments go into the payload
+    (JSON values)."""
     resource = {
-        "prefect.resource.id": f"mumu.stage.{stage}",
-        "prefect.resource.name": stage,
-        "mumu.stage": stage,
-        "mumu.chain": "true" if _is_top_level_deployment_run() else "false",
+        "prefect.resource.id": stage(name).resource_id,  # KeyError for a stage the list lacks
+        "prefect.resource.name": name,
+        "mumu.stage": name,
+        CHAIN_LABEL: "true" if _is_top_level_deployment_run() else "false",
     }
     return emit_event(event=STAGE_COMPLETED, resource=resource, payload={"out": str(out), **payload})
 
@@ -46,7 +46,7 @@ def emit_stage_completed(stage: str, out: str, **payload: Any):
 def inputs_resource_id(input_dir: str | Path) -> str:
     """A stable id per watched folder: the hash of its absolute path (names may repeat across hosts)."""
     digest = hashlib.sha256(str(Path(input_dir).resolve()).encode("utf-8")).hexdigest()[:16]
-    return f"mumu.inputs.{digest}"
+    return f"{INPUTS_RESOURCE}.{digest}"
 
 
 def flush_events(timeout: float = 30.0) -> None:
@@ -55,8 +55,6 @@ def flush_events(timeout: float = 30.0) -> None:
     `emit_event` only queues the event for a background thread; the watcher records a batch as announced
     only after this returns, so a crash in between re-announces it instead of losing it.
     """
-    from prefect.events.worker import EventsWorker
-
     waiter = threading.Thread(target=EventsWorker.instance().wait_until_empty, daemon=True)
     waiter.start()
     waiter.join(timeout)

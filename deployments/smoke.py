@@ -1,12 +1,12 @@
-"""Smoke test of the whole event chain on a throw-away local server: files land → watch-inputs →
-build-data → cache-features → pretrain → tune → evaluate, every run on a process worker, tiny profile.
+"""Smoke test of the whole event chain on a throw-away local server: files land → watch-inputs → every stage of
+mumu/stage_list.py, each started by its upstream's completion event, every run on a process worker, tiny profile.
 
     python -m deployments.smoke [--keep DIR] [--database-url postgresql+asyncpg://USER@HOST:PORT/DB]
 
 Starts `prefect server start` in a temporary PREFECT_HOME on a free port, creates the pool and the gpu
 queue (limit 1), `prefect deploy --all` from this checkout, pauses the schedules, starts one worker on
 both queues, copies a few bundled samples into an inbox and runs the watcher deployment on it; then
-prints each run as it changes state until evaluate finishes. Takes ~5 minutes on 2 CPU cores.
+prints each run as it changes state until the last stage finishes. Takes ~5 minutes on 2 CPU cores.
 Stops the worker and the server it started, whatever happens. `--database-url` runs that server on the
 given database (an empty one) instead of SQLite in the temporary PREFECT_HOME.
 """
@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from deployments.local_server import local_server, prefect_cli, worker
 from mumu import SAMPLES_DIR
+from mumu.stage_list import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "mumu-process"
@@ -39,7 +40,7 @@ def _runs(http: httpx.Client) -> list[tuple[str, dict]]:
 
 
 def chain(work: Path, images: int = 4, timeout: float = 1500, database_url: str | None = None) -> bool:
-    """Run the chain under `work` → True when evaluate completed."""
+    """Run the chain under `work` → True when its last stage completed."""
     started = time.monotonic()
 
     def say(msg: str) -> None:
@@ -77,8 +78,9 @@ def chain(work: Path, images: int = 4, timeout: float = 1500, database_url: str 
                 if any(run["state"]["type"] in FINAL[1:] for _, run in runs):
                     say(f"a run did not complete: see {work / 'worker.log'}")
                     return False
-                if "evaluate" in by_flow and by_flow["evaluate"]["state"]["type"] == "COMPLETED":
-                    say(f"chain complete: report under {run_root / 'eval'}")
+                last = STAGES[-1]
+                if last.name in by_flow and by_flow[last.name]["state"]["type"] == "COMPLETED":
+                    say(f"chain complete: {last.name} wrote {run_root / last.folder}")
                     return True
                 time.sleep(2)
             say("timed out")

@@ -22,7 +22,7 @@ from mumu.data import stages
 from mumu.data.shards import report_path
 from mumu.runs import write_run_config
 from tasks import data as t
-from tasks.common import retry_options
+from tasks.retries import retry_options
 
 
 @flow(name="build-data", log_prints=False)

@@ -20,7 +20,7 @@ from mumu.config import load_profile
 from mumu.runs import write_run_config
 from mumu.train.features import sidecar_done, sidecar_report_path
 from tasks import features as t
-from tasks.common import retry_options
+from tasks.retries import retry_options
 
 
 @flow(name="cache-features")

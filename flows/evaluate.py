@@ -22,11 +22,12 @@ from flows.runners import task_runner
 from mumu.config import load_profile
 from mumu.config.eval import EvalConfig
 from mumu.config.runtime import RuntimeConfig
-from mumu.eval.benchmarks import Benchmark, build_benchmarks, checkpoint_prompt_mode, chunk, eval_config_for
+from mumu.eval.benchmarks import build_benchmarks, checkpoint_prompt_mode, eval_config_for
+from mumu.eval.items import Benchmark, chunk
 from mumu.eval.report import table_cells
 from mumu.runs import model_dir, write_run_config
 from tasks import evaluate as t
-from tasks.common import retry_options
+from tasks.retries import retry_options
 
 # Generation chunks run this many at a time per worker: sampling's large tensor ops release the GIL, so threads
 # keep both cores of a 2-core machine busy (the tiny evaluation: 20.6 s at 4 against 25.2 s at 1).

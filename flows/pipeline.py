@@ -1,7 +1,8 @@
 """pipeline: the whole DAG as one parent flow, each stage a subflow that skips work already done.
 
-    build-data ──▶ cache-features ──▶ pretrain ──▶ tune ──▶ evaluate
-    OUT/data       OUT/data/features  OUT/pretrain  OUT/tune  OUT/eval
+The stages are those of mumu/stage_list.py (its docstring draws the DAG), run in the list's order, each on the
+folders under OUT that the list names for it: build-data writes OUT/data, ..., evaluate reads OUT/tune and writes
+OUT/eval. Returns every stage's folder by stage name, and the evaluation report's path ("report").
 
 Finished shards, cached features, checkpoints and generated chunks are reused, so a re-run after a crash resumes
 where it stopped. With no arguments it runs the bundled samples on the tiny profile.
@@ -9,19 +10,19 @@ where it stopped. With no arguments it runs the bundled samples on the tiny prof
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from flows.build_data import build_data
-from flows.cache_features import cache_features
-from flows.evaluate import evaluate
-from flows.pretrain import pretrain
-from flows.tune import tune
 from mumu import TRAIN_SAMPLES_DIR
 from mumu.config import load_profile
 from mumu.runs import write_run_config
+from mumu.stage_list import RUN_INPUT, STAGES
+
+# Each stage of the list with its flow (flows/<stage>.py, imported from the list's entrypoint).
+STAGE_FLOWS = [(stage, getattr(import_module(stage.module), stage.function)) for stage in STAGES]
 
 
 @flow(name="pipeline")
@@ -30,12 +31,12 @@ def pipeline(input_path: str | None = None, out: str = "runs/tiny", profile: str
     cfg = load_profile(profile, overrides)  # fail fast on a bad profile
     root = Path(out)
     write_run_config(root, cfg)
-    data, stage1, stage2, report = (str(root / name) for name in ("data", "pretrain", "tune", "eval"))
-    common = dict(profile=profile, overrides=overrides)
+    folders = {stage.name: str(root / stage.folder) for stage, _ in STAGE_FLOWS}
+    source = {**folders, RUN_INPUT: str(input_path or TRAIN_SAMPLES_DIR)}
 
-    build_data(input_path=str(input_path or TRAIN_SAMPLES_DIR), out=data, **common)
-    cache_features(data=data, **common)
-    pretrain(data=data, out=stage1, **common)
-    tune(data=data, init=stage1, out=stage2, **common)
-    evaluation = evaluate(checkpoint=stage2, out=report, **common)
-    return {"data": data, "pretrain": stage1, "tune": stage2, "report": evaluation["markdown"]}
+    results = {}
+    for stage, run_stage in STAGE_FLOWS:
+        # the flow's folder parameters, e.g. tune(data=OUT/data, init=OUT/pretrain, out=OUT/tune)
+        arguments = {param: source[of] for param, of in stage.parameters.items()}
+        results[stage.name] = run_stage(**arguments, profile=profile, overrides=overrides)
+    return {**folders, "report": results["evaluate"]["markdown"]}

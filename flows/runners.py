@@ -7,15 +7,15 @@ import queue
 import time
 from pathlib import Path
 
+from prefect.client.orchestration import get_client
 from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
 
 from mumu.config.runtime import RuntimeConfig
 
 
 def _this_api_url() -> str:
     """The API this process reports to: PREFECT_API_URL, or the temporary server Prefect started for it."""
-    from prefect.client.orchestration import get_client
-
     with get_client(sync_client=True) as client:
         return str(client.api_url).rstrip("/")
 
@@ -39,7 +39,7 @@ def shard_groups(shards: list, runtime: RuntimeConfig) -> list[list]:
 def task_runner(runtime: RuntimeConfig, per_worker: int | None = None):
     """The profile's task runner; `per_worker`: thread-runner task runs per worker, as in `concurrent_tasks`."""
     if runtime.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask import DaskTaskRunner  # optional: dask and distributed only for this runner
 
         if runtime.dask_address:  # an existing (multi-node) cluster: `dask scheduler` + `dask worker ...`
             return DaskTaskRunner(address=runtime.dask_address)
@@ -57,8 +57,6 @@ def gather_shard_groups(futures, total: int, already_done: int, desc: str, repor
     """Results of task runs that each return a list (one report per shard), as they finish, with a progress
     bar counted in shards. With `report_paths` (the file each shard of these runs writes last), the bar moves
     as each shard's report appears, not only as a whole run of runtime.shards_per_task shards ends."""
-    from tqdm import tqdm
-
     # One done-callback per run, registered once (prefect.futures.wait with a timeout would add another to every
     # pending future at each poll).
     finished: queue.SimpleQueue = queue.SimpleQueue()

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from mumu.config.data import CaptionConfig
 from models.hf import build_idefics2
+from mumu.config.data import CaptionConfig
 
 
 def normalise_caption(text: str) -> str:

@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from peft import LoraConfig
 from torch import nn
 
+from models.hf import build_seeded, empty_weights_config, pretrained_kwargs, torch_dtype
 from mumu.config.model import DecoderConfig
 from mumu.errors import UserError
-from models.hf import build_seeded, empty_weights_config, pretrained_kwargs, torch_dtype
 
 # Tiny SDXL-shaped UNet: two cross-attention resolutions (latent 16x16 and 8x8 at resolution 64), so
 # layer selection and mask resizing are exercised; text_time added conditioning like SDXL.
@@ -55,8 +58,6 @@ def _cast(model, dtype: str):
 
 
 def build_unet(cfg: DecoderConfig):
-    from diffusers import UNet2DConditionModel
-
     src = cfg.unet
     if (bundled := empty_weights_config(src)) is not None:
         return _cast(UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(bundled)), src.dtype)
@@ -89,8 +90,6 @@ def enable_block_checkpointing(unet, blocks: bool | list[str]) -> None:
 
 
 def build_vae(cfg: DecoderConfig):
-    from diffusers import AutoencoderKL
-
     src = cfg.vae
     if (bundled := empty_weights_config(src)) is not None:
         return _cast(AutoencoderKL.from_config(AutoencoderKL.load_config(bundled)), src.dtype)
@@ -101,8 +100,6 @@ def build_vae(cfg: DecoderConfig):
 
 
 def build_scheduler(cfg: DecoderConfig):
-    from diffusers import DDPMScheduler
-
     return DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
@@ -114,8 +111,6 @@ def build_scheduler(cfg: DecoderConfig):
 
 
 def unet_lora_config(cfg: DecoderConfig):
-    from peft import LoraConfig
-
     # "gaussian" init as in diffusers' LoRA training scripts; B starts at zero so the adapter is a no-op.
     return LoraConfig(
         r=cfg.lora.r,
@@ -191,14 +186,8 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def sample_latents(self, posterior: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Posterior parameters -> scaled latents (a sample of the posterior, drawn with `generator`)."""
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
         sample = DiagonalGaussianDistribution(posterior).sample(generator=generator)
         return (sample - self.latent_shift) * self.latent_scaling_factor
-
-    def encode_latents(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """pixels in [-1, 1] -> scaled latents (a sample of the posterior, drawn with `generator`)."""
-        return self.sample_latents(self.encode_posterior(pixels), generator)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,13 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers import (BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                          GroundingDinoImageProcessorPil, GroundingDinoProcessor)
 from transformers.image_transforms import center_to_corners_format
 
+from models.hf import build_seeded, default_words, empty_weights_config, merge_config, pretrained_kwargs, torch_dtype
 from mumu.config import ModelSource
 from mumu.config.data import DetectConfig
-from models.hf import build_seeded, default_words, empty_weights_config, merge_config, pretrained_kwargs, torch_dtype
 
 Box = tuple[float, float, float, float]
 
@@ -51,8 +53,6 @@ def build_tiny_bert_tokenizer(words: list[str] | None = None):
     Single characters and their "##" continuations are in the vocabulary, so an unknown word splits
     into pieces (a real token span) instead of collapsing to [UNK].
     """
-    from transformers import BertTokenizer
-
     fixed_tokens = set(BERT_FIXED_IDS.values())
     chars = list(string.ascii_lowercase + string.digits)
     extra = chars + ["##" + c for c in chars] + list(",-'!:;()/&")
@@ -65,13 +65,6 @@ def build_tiny_bert_tokenizer(words: list[str] | None = None):
 
 def build_grounding_dino(source: ModelSource):
     """(GroundingDinoForObjectDetection, GroundingDinoProcessor) for a source."""
-    from transformers import (
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessorPil,
-        GroundingDinoProcessor,
-    )
-
     if (bundled := empty_weights_config(source)) is not None:
         # The published image processing (800 / 1333 px edges are the processor's defaults); BERT's 30,522-word
         # vocabulary is not bundled: the tiny one stands in (its ids are a subset, special ids where BERT has them).

@@ -23,14 +23,16 @@ from dataclasses import dataclass, field
 import PIL.Image
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from torch import nn
+from transformers import Idefics2Model
 
-from mumu.config.base import ModelSource
-from mumu.config.model import EncoderConfig
-from mumu.errors import UserError
 from models.cached import CachedFeatures, pad_grids
 from models.hf import build_idefics2, idefics2_config
 from models.vision_tower import VisionTower, real_patch_grids
+from mumu.config.base import ModelSource
+from mumu.config.model import EncoderConfig
+from mumu.errors import UserError
 
 Prompt = list  # list[str | PIL.Image.Image]
 
@@ -116,8 +118,6 @@ class PromptEncoder(nn.Module):
             config, own = idefics2_config(self.source)
             processor = processor or own
         else:
-            from transformers import Idefics2Model
-
             model, own = build_idefics2(self.source, model_cls=Idefics2Model)
             config, processor = model.config, processor or own
         self.config, self.processor = config, processor
@@ -151,8 +151,6 @@ class PromptEncoder(nn.Module):
     def load(self):
         """The Idefics2 model, loaded now if it was not (see `lazy`)."""
         if self.model is None:
-            from transformers import Idefics2Model
-
             model, _ = build_idefics2(self.source, model_cls=Idefics2Model)
             self._attach(model.to(self._device_anchor.device))
             self.model.train(self.training)
@@ -185,8 +183,6 @@ class PromptEncoder(nn.Module):
             self.model.text_model.requires_grad_(True)
             self.model.connector.requires_grad_(True)
         elif mode == "lora":
-            from peft import LoraConfig, inject_adapter_in_model
-
             lora = self.cfg.lora
             # LoRA A is initialised from the global RNG: seed it, or two runs of one config would differ.
             with torch.random.fork_rng(devices=[]):
@@ -365,13 +361,9 @@ class PromptEncoder(nn.Module):
         return out
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
         return get_peft_model_state_dict(self.load())
 
     def load_lora_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        from peft import set_peft_model_state_dict
-
         result = set_peft_model_state_dict(self.load(), sd)
         missing = [k for k in result.missing_keys if "lora_" in k]
         if result.unexpected_keys or missing:

@@ -18,9 +18,12 @@ from typing import Any
 
 import torch
 from PIL import Image
+from tokenizers.processors import TemplateProcessing
+from transformers import (AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, ViTConfig, ViTImageProcessorPil,
+                          ViTModel)
 
-from mumu.config import ModelSource
 from models.hf import build_seeded, build_word_tokenizer, merge_config, pretrained_kwargs, torch_dtype
+from mumu.config import ModelSource
 
 # At the library's default init scale a random ViT returns almost the same CLS token for every image
 # (cosine ~0.995 between different emoji), so every tiny score would read 1.000. A larger init makes
@@ -69,8 +72,6 @@ class DinoEncoder:
 
     @classmethod
     def from_source(cls, source: ModelSource, device: torch.device | str = "cpu") -> "DinoEncoder":
-        from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
-
         if source.is_pretrained:
             kwargs = pretrained_kwargs(source)
             processor = ViTImageProcessorPil.from_pretrained(source.location, **kwargs)
@@ -110,8 +111,6 @@ class ClipEncoder:
 
     @classmethod
     def from_source(cls, source: ModelSource, device: torch.device | str = "cpu") -> "ClipEncoder":
-        from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel
-
         if source.is_pretrained:
             kwargs = pretrained_kwargs(source)
             processor = CLIPImageProcessorPil.from_pretrained(source.location, **kwargs)
@@ -166,8 +165,6 @@ def build_clip_word_tokenizer(max_length: int = 77):
     CLIPTextTransformer treats `eos_token_id == 2` as a legacy config (argmax pooling), so the
     specials are ordered to put </s> at id 3.
     """
-    from tokenizers.processors import TemplateProcessing
-
     tokenizer = build_word_tokenizer(specials=["<pad>", "<unk>", "<s>", "</s>"])
     bos, eos = tokenizer.bos_token, tokenizer.eos_token
     tokenizer.backend_tokenizer.post_processor = TemplateProcessing(

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from transformers import (Idefics2Config, Idefics2ForConditionalGeneration, Idefics2ImageProcessorPil,
+                          Idefics2Processor, PreTrainedTokenizerFast)
 
 from mumu.config import ModelSource
 from mumu.config.runtime import RuntimeConfig
@@ -94,8 +96,8 @@ def build_word_tokenizer(words: list[str] | None = None, *, specials: list[str] 
     Word-level keeps decoded text readable (real words), which keeps the tiny captioner's output
     usable by the entity stage.
     """
+    # Here, not at the top: tokenizers' `models` would shadow this package's name in the module.
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     words = sorted(set(words or default_words()))
     specials = specials or ["<unk>", "<s>", "</s>", "<pad>"]
@@ -132,8 +134,6 @@ def merge_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 
 
 def build_tiny_idefics2_processor(cfg: dict[str, Any] | None = None):
-    from transformers import Idefics2ImageProcessorPil, Idefics2Processor
-
     cfg = merge_config(TINY_IDEFICS2, cfg or {})
     size = cfg["image_size"]
     image_processor = Idefics2ImageProcessorPil(
@@ -147,8 +147,6 @@ def build_tiny_idefics2_processor(cfg: dict[str, Any] | None = None):
 
 def idefics2_config(source: ModelSource):
     """(Idefics2Config, processor) of a source without its weights: what tokenizing needs, and the shapes."""
-    from transformers import Idefics2Config, Idefics2Processor
-
     bundled = empty_weights_config(source)
     if bundled is not None:
         config = Idefics2Config.from_pretrained(bundled)
@@ -171,8 +169,6 @@ def idefics2_config(source: ModelSource):
 
 def build_idefics2(source: ModelSource, model_cls=None):
     """(model, processor) for an Idefics2 source. `model_cls` defaults to Idefics2ForConditionalGeneration."""
-    from transformers import Idefics2ForConditionalGeneration
-
     model_cls = model_cls or Idefics2ForConditionalGeneration
     if source.is_pretrained and empty_weights_config(source) is None:
         _, processor = idefics2_config(source)
@@ -188,8 +184,6 @@ def bundled_idefics2_processor(config):
     image tokens at the published ids. The published tokenizer (32,000 SentencePiece pieces) is not bundled: a
     word tokenizer padded to 32,000 entries stands in, so the processor adds its <fake_token_around_image>,
     <image> and <end_of_utterance> at 32000-32002 as on the hub."""
-    from transformers import Idefics2ImageProcessorPil, Idefics2Processor
-
     words = default_words()
     filler = [f"<unused{i}>" for i in range(32000 - 4 - len(set(words)))]  # 4 = the word tokenizer's specials
     tokenizer = build_word_tokenizer(words + filler)

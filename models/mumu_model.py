@@ -16,19 +16,22 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import Idefics2Processor
 
+from models.attention import attention_mask_loss, install_capture
+from models.cached import CachedFeatures
+from models.connector import Connector
+from models.decoder import Decoder, build_unet, build_vae
+from models.encoder import PromptEncoder, PromptTokens
 from mumu.config.base import ModelSource
 from mumu.config.model import ModelConfig
 from mumu.config.train import AttnLossConfig
 from mumu.errors import UserError
 from mumu.io import atomic_path, write_json_atomic
-from models.attention import attention_mask_loss, install_capture
-from models.cached import CachedFeatures
-from models.connector import Connector
-from models.decoder import Decoder
-from models.encoder import PromptEncoder, PromptTokens
 
 FORMAT_VERSION = 1
 
@@ -246,7 +249,6 @@ class MumuModel(nn.Module):
                         snr_gamma: float | None) -> torch.Tensor:
         if snr_gamma is None:
             return F.mse_loss(pred, target)
-        from diffusers.training_utils import compute_snr
 
         # Min-SNR-gamma, as diffusers' training scripts: weight min(SNR, gamma) / SNR for epsilon targets and
         # min(SNR, gamma) / (SNR + 1) for v targets (v's MSE already carries a factor SNR + 1 over x0's).
@@ -286,8 +288,6 @@ class MumuModel(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """safetensors + json only. Base weights of a part are written when they are not recoverable from
         the original source (built from config, or trained fully); LoRA adapters always via peft."""
-        from peft import get_peft_model_state_dict
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
@@ -323,10 +323,6 @@ class MumuModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, lazy_encoder: bool = False) -> "MumuModel":
         """lazy_encoder: as in `from_config` (a frozen encoder only: LoRA or trained weights are read here)."""
-        from peft import set_peft_model_state_dict
-        from transformers import Idefics2Processor
-
-        from models.decoder import build_unet, build_vae
 
         d = Path(directory)
         meta_path = d / "mumu_config.json"

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor
 
+from models.hf import build_seeded, empty_weights_config, merge_config, pretrained_kwargs, torch_dtype
 from mumu.config import ModelSource
 from mumu.config.data import SegmentConfig
-from models.hf import build_seeded, empty_weights_config, merge_config, pretrained_kwargs, torch_dtype
 
 Box = tuple[float, float, float, float]
 
@@ -28,8 +29,6 @@ TINY_SAM: dict[str, Any] = {
 
 def build_sam(source: ModelSource):
     """(SamModel, SamProcessor) for a source."""
-    from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor
-
     if (bundled := empty_weights_config(source)) is not None:
         # SAM's published image processing is the processor's default (1024 px longest edge, padded square).
         processor = SamProcessor(image_processor=SamImageProcessorPil())

@@ -12,9 +12,11 @@ from __future__ import annotations
 import PIL.Image
 import torch
 from torch import nn
+from transformers import Idefics2Model, Idefics2Processor
+from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionTransformer
 
-from mumu.config import ModelSource
 from models.hf import build_idefics2, empty_weights_config, pretrained_kwargs, torch_dtype
+from mumu.config import ModelSource
 
 # An Idefics2Model's tensors are `vision_model.*`, an Idefics2ForConditionalGeneration's `model.vision_model.*`.
 _VISION_KEYS = {r"^(model\.)?vision_model\.": ""}
@@ -35,9 +37,6 @@ class VisionTower:
         """The tower of an Idefics2 source, read alone from a checkpoint. Any other source goes through the one
         Idefics2 builder and keeps its tower: built from a config, the whole model under its seed, so the weights
         are those the whole model gets; a bundled config under `empty_weights()`, on the meta device (no memory)."""
-        from transformers import Idefics2Model, Idefics2Processor
-        from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionTransformer
-
         if source.is_pretrained and empty_weights_config(source) is None:
             kwargs = pretrained_kwargs(source)
             module = Idefics2VisionTransformer.from_pretrained(source.location, key_mapping=_VISION_KEYS,

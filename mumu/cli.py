@@ -1,18 +1,25 @@
-"""`mumu` command line: one subcommand per flow. Bad input or config → one line on stderr, exit 2."""
+"""`mumu` command line: one subcommand per flow. Bad input or config → one line on stderr, exit 2.
+
+Each command checks its profile and input before it imports its flow, so a bad one fails in a second and `--help`
+never loads Prefect or torch (several seconds).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from mumu import SAMPLES_DIR, TRAIN_SAMPLES_DIR
+from mumu.config import load_profile
 from mumu.errors import UserError
-
+from mumu.runs import model_dir, profile_yaml
+from mumu.stage_list import RUN_INPUT, STAGES, Stage, chain, top_folders
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -30,7 +37,6 @@ def _profile(args: argparse.Namespace, **flags: Any):
 
     `flags` are command-line options that stand for profile fields (dotted key -> value, None = not
     given): they are validated with the profile, so their bounds are the field's."""
-    from mumu.config import load_profile
 
     overrides = _overrides(args.set)
     overrides.update({k: v for k, v in flags.items() if v is not None})
@@ -48,6 +54,7 @@ def cmd_build_data(args: argparse.Namespace) -> None:
     cfg, overrides = _profile(args)
     if not Path(args.input).exists():
         raise UserError(f"--input {args.input}: no such file or directory")
+    # Prefect loads only now, after the checks above
     from flows.build_data import build_data
     from mumu.data.stages import plan_shards
 
@@ -62,9 +69,11 @@ def cmd_build_data(args: argparse.Namespace) -> None:
 
 def cmd_cache_features(args: argparse.Namespace) -> None:
     cfg, overrides = _profile(args)
+    # torch: only for this command
     from mumu.train.feature_stage import plan_cache
 
     plan_cache(args.data, cfg.model, cfg.train)  # no data manifest → one line here, before Prefect starts
+    # Prefect loads only now, after the checks above
     from flows.cache_features import cache_features
 
     result = cache_features(data=str(args.data), profile=args.profile, overrides=overrides)
@@ -78,37 +87,41 @@ def cmd_cache_features(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     _, overrides = _profile(args)
     _max_steps(args)
+    # torch: only for this command
     from mumu.data.shards import shard_urls
 
     shard_urls(args.data)  # no shards → one line here, before Prefect starts
+    # Prefect loads only now, after the checks above
     from flows.pretrain import pretrain
     from mumu.train.entry import final_line
 
     result = pretrain(data=args.data, out=args.out, profile=args.profile, overrides=overrides,
-                                         max_steps=args.max_steps, resume=args.resume)
+                      max_steps=args.max_steps, resume=args.resume)
     print(final_line(result))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
     _, overrides = _profile(args, **{"train.tune.attn_loss.weight": args.attn_loss_weight})
     _max_steps(args)
+    # torch: only for this command
     from mumu.data.shards import shard_urls
-    from mumu.runs import model_dir
 
     shard_urls(args.data), model_dir(args.init)
+    # Prefect loads only now, after the checks above
     from flows.tune import tune
     from mumu.train.entry import final_line
 
-    result = tune(data=args.data, init=args.init, out=args.out, profile=args.profile,
-                                     overrides=overrides, attn_loss_weight=args.attn_loss_weight,
-                                     max_steps=args.max_steps, resume=args.resume)
+    result = tune(data=args.data, init=args.init, out=args.out, profile=args.profile, overrides=overrides,
+                  attn_loss_weight=args.attn_loss_weight, max_steps=args.max_steps, resume=args.resume)
     print(final_line(result))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     cfg, _ = _profile(args, **{"eval.sampler.steps": args.steps, "eval.sampler.guidance_scale": args.guidance_scale,
                                "eval.sampler.name": args.sampler})
-    from mumu.generate import generate_to_file, runtime_device
+    # torch and diffusers load only for this command, after the profile is checked
+    from mumu.devices import runtime_device
+    from mumu.generate import generate_to_file
 
     paths = generate_to_file(args.checkpoint, args.prompt, args.out, n=args.n, seed=args.seed,
                              sampler_cfg=cfg.eval.sampler, base_dir=args.base_dir, device=runtime_device(cfg.runtime))
@@ -116,15 +129,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mumu.config import load_profile
-    from mumu.eval.presets import protocol_overrides
+    from mumu.eval.presets import protocol_overrides  # only this command reads benchmarks and presets
 
     # A named protocol's settings sit between the profile and --set: the user's own overrides still win (and the
     # report names every setting that then differs from the protocol).
     overrides = {**(protocol_overrides(args.protocol) if args.protocol else {}), **_overrides(args.set)}
     cfg = load_profile(args.profile, overrides)
     if args.compare:
-        from mumu.eval.compare import compare_folders, format_comparison
+        from mumu.eval.compare import compare_folders, format_comparison  # numpy and the bootstrap: only here
 
         run_a, run_b = args.compare
         comparisons = compare_folders(run_a, run_b, cfg.eval.bootstrap)
@@ -132,33 +144,53 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return
     if not args.checkpoint or not args.out:
         raise UserError("evaluate needs --checkpoint and --out (or --compare RUN_A RUN_B)")
-    from mumu.eval.benchmarks import build_benchmarks
-    from mumu.runs import model_dir
+    from mumu.eval.benchmarks import build_benchmarks  # only this command reads benchmarks and presets
 
     model_dir(args.checkpoint)
     # A bad benchmark folder (unknown MultiBench slot, unreadable image, ...) fails here, before Prefect starts.
     bench_cfg = cfg.eval.benchmark
     build_benchmarks(bench_cfg if args.bench == "toy" else bench_cfg.model_copy(update={"root": args.bench}))
+    # Prefect loads only now, after the checks above
     from flows.evaluate import evaluate
 
     report = evaluate(checkpoint=args.checkpoint, out=args.out, bench=args.bench,
-                                         profile=args.profile, overrides=overrides)
+                      profile=args.profile, overrides=overrides)
     print(f"report: {report['markdown']}")
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
     _, overrides = _profile(args)
+    # Prefect loads only now, after the checks above
     from flows.pipeline import pipeline
 
-    result = pipeline(input_path=args.input, out=args.out, profile=args.profile,
-                                         overrides=overrides)
+    result = pipeline(input_path=args.input, out=args.out, profile=args.profile, overrides=overrides)
     print(f"pipeline finished: report in {result['report']}")
 
 
-def cmd_profile_show(args: argparse.Namespace) -> None:
-    from mumu.config import load_profile
-    from mumu.runs import profile_yaml
+def _stage_command(stage: Stage) -> Callable[[argparse.Namespace], None]:
+    """`mumu STAGE --PARAM FOLDER ...` for a stage of mumu/stage_list.py that has no subcommand of its own: its flow
+    on the folders given, one option per folder parameter the list names."""
 
+    def run(args: argparse.Namespace) -> None:
+        _, overrides = _profile(args)
+        run_stage = getattr(import_module(stage.module), stage.function)  # Prefect and the flow load only now
+        run_stage(**{param: getattr(args, param) for param in stage.parameters}, profile=args.profile,
+                  overrides=overrides)
+        print(f"{stage.name} finished" + (f": {args.out}" if "out" in stage.parameters else ""))
+
+    return run
+
+
+def _stage_parser(sub, stage: Stage, folders: dict[str, str]) -> None:
+    p = sub.add_parser(stage.name, help=f"the {stage.name} stage (flow {stage.entrypoint})")
+    for param, of in stage.parameters.items():
+        what = "the run's input" if of == RUN_INPUT else f"RUN/{folders[of]} of a run"
+        p.add_argument(f"--{param.replace('_', '-')}", dest=param, required=True, help=f"folder: {what}")
+    _common(p)
+    p.set_defaults(run=_stage_command(stage))
+
+
+def cmd_profile_show(args: argparse.Namespace) -> None:
     sys.stdout.write(profile_yaml(load_profile(args.name, _overrides(args.set))))
 
 
@@ -240,12 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile field (repeatable)")
     p.set_defaults(run=cmd_profile_show)
 
-    p = sub.add_parser("pipeline", help="the whole DAG: build-data → cache-features → pretrain → tune → evaluate")
+    p = sub.add_parser("pipeline", help=f"the whole DAG: {chain(STAGES)}")
     p.add_argument("--input", default=str(TRAIN_SAMPLES_DIR),
                    help="images (+captions.jsonl) or .tar shards [the bundled training samples]")
-    p.add_argument("--out", default="runs/tiny", help="run folder: data/, pretrain/, tune/, eval/ [runs/tiny]")
+    p.add_argument("--out", default="runs/tiny",
+                   help=f"run folder: {', '.join(f + '/' for f in top_folders(STAGES))} [runs/tiny]")
     _common(p)
     p.set_defaults(run=cmd_pipeline)
+
+    folders = {stage.name: stage.folder for stage in STAGES}
+    for stage in STAGES:  # a stage without a subcommand of its own above gets the generic one
+        if stage.name not in sub.choices:
+            _stage_parser(sub, stage, folders)
     return parser
 
 

@@ -25,10 +25,17 @@ from pathlib import Path
 
 import PIL.Image
 import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import make_image_grid
+from diffusers.utils.torch_utils import randn_tensor
+from safetensors import SafetensorError
 
+from models.mumu_model import Conditioning, MumuModel
 from mumu.config.eval import SamplerConfig
 from mumu.errors import UserError
 from mumu.io import atomic_path
+from mumu.prompt_syntax import parse_json, parse_prompt
 from mumu.runs import model_dir as resolve_model_dir
 from mumu.size_conditioning import read_original_size, sampling_original_size
 
@@ -39,10 +46,6 @@ Prompt = list  # list[str | PIL.Image.Image]
 
 # --- checkpoints ------------------------------------------------------------------------------------------
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    from safetensors import SafetensorError
-
-    from models.mumu_model import MumuModel
-
     model_dir = resolve_model_dir(path)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -57,25 +60,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device)
 
 
-def runtime_device(runtime) -> torch.device:
-    """The device a profile's `runtime` asks for ("auto" = cuda when present), as evaluation resolves it
-    (models.hf.resolve_device); a cuda request on a machine without CUDA is a UserError, not a CPU fallback."""
-    from models.hf import resolve_device
-
-    if runtime.torch_threads:
-        torch.set_num_threads(runtime.torch_threads)
-    device = resolve_device(runtime)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"runtime.device is {runtime.device!r} but CUDA is not available on this machine "
-                        "(--set runtime.device=cpu or auto)")
-    return device
-
-
 # --- schedulers -------------------------------------------------------------------------------------------
 def build_scheduler(cfg: SamplerConfig, train_config: dict):
     """The sampling scheduler from the training scheduler's config (same betas / prediction type)."""
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler
-
     # Overrides go in as keyword arguments: from_config drops config keys the source class left at their
     # defaults (`_use_default_values`), but keyword arguments always win.
     if cfg.name == "ddim":
@@ -110,8 +97,6 @@ def _as_prompt(prompt) -> Prompt:
 
 def _cat_conditioning(first, second):
     """Two Conditionings of equal length -> one (first's rows, then second's)."""
-    from models.mumu_model import Conditioning
-
     cat = lambda a, b: torch.cat([a, b])  # noqa: E731
     return Conditioning(cat(first.hidden, second.hidden), cat(first.pooled, second.pooled),
                         cat(first.attention_mask, second.attention_mask),
@@ -120,8 +105,6 @@ def _cat_conditioning(first, second):
 
 
 def _select(cond, index: torch.Tensor):
-    from models.mumu_model import Conditioning
-
     return Conditioning(*(t.index_select(0, index.to(t.device)) for t in
                           (cond.hidden, cond.pooled, cond.attention_mask, cond.entity_token_mask, cond.entity_valid)))
 
@@ -132,8 +115,6 @@ class MumuSampler:
     scheduler, so one sampler can serve successive calls with different settings."""
 
     def __init__(self, model, sampler_cfg: SamplerConfig | None = None):
-        from diffusers.image_processor import VaeImageProcessor
-
         self.model = model.eval()
         # Cross-attention capture is a training feature: off, every layer runs the stock SDPA processor.
         model.attn_store.enabled = model.attn_store.recording = False
@@ -239,8 +220,6 @@ class MumuSampler:
         time_ids = torch.tensor([model.decoder.add_time_ids(self.original_size((h, w)), (0, 0), (h, w))]
                                 * (2 * b if guided else b), dtype=torch.float32, device=device)
 
-        from diffusers.utils.torch_utils import randn_tensor
-
         sched = build_scheduler(self.cfg, model.scheduler_config)
         sched.set_timesteps(steps, device=device)
         gens = image_generators([s for _, s in chunk])
@@ -280,8 +259,6 @@ def generate_to_file(checkpoint: str | Path | MumuSampler, prompt_text_or_json: 
     n images and write them atomically: out_path for n == 1, else out-0.png .. out-{n-1}.png, or with
     grid=True one image at out_path with the n samples side by side (left to right = seed, seed+1, ...).
     Returns the paths written. The prompt and output path are checked before the model is loaded."""
-    from mumu.prompt_syntax import parse_json, parse_prompt
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"n must be a positive integer, got {n!r}")
     paths = output_paths(out_path, n, grid)
@@ -295,8 +272,6 @@ def generate_to_file(checkpoint: str | Path | MumuSampler, prompt_text_or_json: 
         sampler = MumuSampler.from_checkpoint(checkpoint, sampler_cfg, device)
     images = sampler.generate(prompt, n, seed)
     if grid:
-        from diffusers.utils import make_image_grid
-
         images = [make_image_grid(images, rows=1, cols=n)]
     for image, path in zip(images, paths):
         with atomic_path(path) as tmp:

@@ -60,7 +60,7 @@ def accelerate_argv(
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the parent dies (Linux), so no orphaned trainer holds a GPU."""
     try:
-        import ctypes
+        import ctypes  # here: it runs in the forked child, before exec, and only on Linux
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):

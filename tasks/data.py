@@ -16,7 +16,8 @@ from data_schemas import Manifest, ShardReport
 from mumu.config.data import DataConfig, IngestConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.data import stages
-from tasks.common import TASK_OPTIONS, lazy_model
+from tasks.model_cache import lazy_model
+from tasks.options import TASK_OPTIONS
 
 
 @task(name="plan-shards", **TASK_OPTIONS)
@@ -28,6 +29,7 @@ def plan_shards(input_path: str, cfg: IngestConfig) -> list[stages.InputShard]:
 def build_shard_group(shards: list[stages.InputShard], out_dir: str, cfg: DataConfig,
                       runtime: RuntimeConfig) -> list[ShardReport]:
     """ingest → caption → entities → detect → segment → compose → write, for each shard of the group."""
+    # The models (transformers) load in the process that runs the task, not wherever the flows are imported.
     from models.captioner import Captioner
     from models.detector import Detector
     from models.segmenter import Segmenter

@@ -11,15 +11,17 @@ from prefect import task
 from mumu.config.eval import EvalConfig, ReportConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.eval import runner
-from mumu.eval.benchmarks import Benchmark, BenchItem
-from tasks.common import TASK_OPTIONS, cached_model, worker_device
+from mumu.eval.items import BenchItem, Benchmark
+from tasks.model_cache import cached_model
+from tasks.options import TASK_OPTIONS
+from tasks.placement import worker_device
 
 
 @task(name="generate-chunk", **TASK_OPTIONS)
 def generate_chunk(items: list[BenchItem], chunk_index: int, checkpoint: str, out_dir: str, cfg: EvalConfig,
                    runtime: RuntimeConfig) -> runner.ChunkResult:
     """One chunk of a benchmark; a chunk whose record exists is returned without generating again."""
-    from mumu.generate import MumuSampler
+    from mumu.generate import MumuSampler  # heavy (diffusers): loaded by the process that runs the task
 
     device = worker_device(runtime)
     sampler = cached_model("sampler", f"{checkpoint}|{cfg.sampler.model_dump_json()}", device,
@@ -31,7 +33,7 @@ def generate_chunk(items: list[BenchItem], chunk_index: int, checkpoint: str, ou
 
 @task(name="score-benchmark", **TASK_OPTIONS)
 def score_benchmark(bench: Benchmark, out_dir: str, cfg: EvalConfig, runtime: RuntimeConfig) -> dict:
-    from models.eval_encoders import EvalEncoders
+    from models.eval_encoders import EvalEncoders  # heavy (transformers): loaded by the process that runs the task
 
     device = worker_device(runtime)
     encoders = cached_model("eval-encoders", f"{cfg.dino.model_dump_json()}|{cfg.clip.model_dump_json()}", device,

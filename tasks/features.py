@@ -10,7 +10,9 @@ from mumu.config.model import ModelConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.config.train import FeaturesConfig, TrainConfig
 from mumu.train import feature_stage as fs
-from tasks.common import TASK_OPTIONS, cached_model, worker_device
+from tasks.model_cache import cached_model
+from tasks.options import TASK_OPTIONS
+from tasks.placement import worker_device
 
 
 @task(name="plan-cache", **TASK_OPTIONS)

@@ -15,13 +15,14 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import task_run
 
 from mumu.config import load_profile
 from mumu.config.runtime import RuntimeConfig
 from mumu.data.shards import shard_urls
 from mumu.launch import accelerate_argv, run_launcher
 from mumu.train.entry import result_summary, resumed_line
-from tasks.common import TASK_OPTIONS
+from tasks.options import TASK_OPTIONS
 
 
 def _publish_sample(stage: str, step: int, png: Path) -> None:
@@ -53,9 +54,7 @@ def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data
                 init: str | None = None, max_steps: int | None = None, resume: bool = True) -> dict[str, Any]:
     """Train one stage. resume=False starts over (this run's old checkpoints are removed); a Prefect retry
     of this task always resumes, since the first attempt already made that choice."""
-    from mumu.train.loop import train
-
-    from prefect.runtime import task_run
+    from mumu.train.loop import train  # heavy: only the in-process route trains here (the launcher runs a child)
 
     log = get_run_logger()
     cfg = load_profile(profile, overrides)

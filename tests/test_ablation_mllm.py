@@ -2,18 +2,12 @@
 what the arms load through the encoder's real loading path."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "bench")]
-
-import ablation_mllm as A
-
+from bench import ablation_mllm as A
 from mumu import SAMPLES_DIR
 from mumu.config import load_profile
 from mumu.data.scenes import COLOUR_NAMES

@@ -2,19 +2,14 @@
 arms really train different things (a: no tuning stage at all, b: tuned with attn weight 0, c: with > 0)."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "bench")]
-
-import ablation
-import ablation_metrics as M
-
+from bench import ablation
+from bench import ablation_metrics as M
 from mumu import SAMPLES_DIR
 from mumu.data.scenes import COLOUR_NAMES
 

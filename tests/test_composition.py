@@ -46,6 +46,6 @@ def test_trained_model_draws_both_subjects_of_pairs_it_never_saw(toy_models, sub
     held = score_pairs(toy_models("pairs").sampler(), subjects, n=N_IMAGES, seed=SEED, pairs=HELD_OUT).accuracy
     print(f"held-out pairs {held}")
     # Pairs never trained: both subjects drawn in a fifth of the images or more, against 0 for a model that
-    # reproduces trained pairs. Lowest at training seeds 0-2 on both kernel sets 0.27 (docs/figures.md): the bar
-    # sits two of the 64 images below it.
+    # reproduces trained pairs; the bar sits two of the 64 images below the lowest value over training seeds and
+    # kernel sets (docs/figures.md).
     assert (held["text"]["either"] + held["image"]["either"]) / 2 >= 0.2, held

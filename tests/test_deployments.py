@@ -29,14 +29,14 @@ from deployments.ui_check import (
     page_text,
 )
 from mumu import SAMPLES_DIR
+from mumu.stage_list import STAGES
 from tests.server_api import Api, tail, wait_completed, wait_for
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "mumu-process"
-EXPECTED = {"build-data/mumu", "cache-features/mumu", "pretrain/mumu", "tune/mumu", "evaluate/mumu",
-            "pipeline/nightly", "watch-inputs/inbox"}
+EXPECTED = {*(s.deployment for s in STAGES), "pipeline/nightly", "watch-inputs/inbox"}
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -102,8 +102,8 @@ def test_deploy_all_run_build_data_on_a_worker_and_chain_by_events(tmp_path):
         deployments = api.deployments()
         assert set(deployments) == EXPECTED
         queues = {name: d["work_queue_name"] for name, d in deployments.items()}
-        assert {n for n, q in queues.items() if q == "gpu"} == {"cache-features/mumu", "pretrain/mumu", "tune/mumu",
-                                                             "evaluate/mumu", "pipeline/nightly"}
+        assert {n for n, q in queues.items() if q == "gpu"} == {*(s.deployment for s in STAGES if s.queue == "gpu"),
+                                                             "pipeline/nightly"}
         assert all(d["work_pool_name"] == POOL for d in deployments.values())
         assert all(d["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
                                         {"directory": str(REPO)}}] for d in deployments.values())

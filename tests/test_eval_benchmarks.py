@@ -12,7 +12,8 @@ from mumu.config import load_profile
 from mumu.config.eval import BenchmarkConfig
 from mumu.data.scenes import PLAIN
 from mumu.errors import UserError
-from mumu.eval.benchmarks import EMOJI_DIR, ImageRef, build_benchmarks, chunk
+from mumu.eval.benchmarks import EMOJI_DIR, build_benchmarks
+from mumu.eval.items import ImageRef, chunk
 
 REPO = Path(__file__).resolve().parent.parent
 

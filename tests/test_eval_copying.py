@@ -10,9 +10,10 @@ from PIL import Image
 from mumu.config import load_profile
 from mumu.config.eval import BenchmarkConfig, CopyingConfig
 from mumu.eval import metrics
-from mumu.eval.benchmarks import build_benchmarks, emoji_subjects, load_rgb
+from mumu.eval.benchmarks import build_benchmarks, emoji_subjects
 from mumu.eval.copying import copy_paste_score, other_real_images
 from mumu.eval.held_out import render_held_out
+from mumu.eval.items import load_rgb
 from mumu.eval.runner import evaluate, generate_benchmark, score
 from tests.eval_fakes import CountingGenerator, PixelEncoders
 

@@ -9,8 +9,9 @@ from PIL import Image
 from mumu.config import load_profile
 from mumu.config.eval import BenchmarkConfig
 from mumu.errors import UserError
-from mumu.eval.benchmarks import ImageRef, build_benchmarks, eval_config_for
+from mumu.eval.benchmarks import build_benchmarks, eval_config_for
 from mumu.eval.dreambench import parse_prompts_and_classes
+from mumu.eval.items import ImageRef
 from tests.eval_fakes import CountingGenerator, PixelEncoders
 
 CLASSES = {
@@ -138,7 +139,7 @@ def test_dreambench_report_has_copy_paste_ceiling_and_the_protocol(tmp_path):
 
     import numpy as np
 
-    from mumu.eval.benchmarks import load_rgb
+    from mumu.eval.items import load_rgb
     from mumu.eval.runner import evaluate
 
     root = make_repository(tmp_path / "dreambooth", {"backpack_dog": 3, "cat2": 2})

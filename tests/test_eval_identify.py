@@ -5,7 +5,8 @@ import numpy as np
 from PIL import Image
 
 from mumu.eval import identify
-from mumu.eval.benchmarks import emoji_subjects, load_rgb
+from mumu.eval.benchmarks import emoji_subjects
+from mumu.eval.items import load_rgb
 
 SUBJECTS = emoji_subjects()[:16]
 BACKGROUNDS = [(72, 118, 214), (96, 172, 96), (236, 160, 190), (150, 150, 150), (238, 206, 84)]

@@ -9,7 +9,8 @@ from PIL import Image
 from mumu.cli import main
 from mumu.config.eval import BenchmarkConfig
 from mumu.errors import UserError
-from mumu.eval.benchmarks import ImageRef, build_benchmarks
+from mumu.eval.benchmarks import build_benchmarks
+from mumu.eval.items import ImageRef
 from mumu.eval.multibench import find_dataset, parse_templates, subject_name
 
 FILES = {"living": ["dog.png", "dog2.png", "cat.png", "owl.png"], "wearing": ["hat.png", "red_scarf.jpg"],

@@ -12,7 +12,8 @@ from mumu.config import load_profile
 from mumu.config.eval import BenchmarkConfig
 from mumu.errors import UserError
 from mumu.eval import metrics
-from mumu.eval.benchmarks import build_benchmarks, chunk, load_rgb
+from mumu.eval.benchmarks import build_benchmarks
+from mumu.eval.items import chunk, load_rgb
 from mumu.eval.runner import chunk_record_path, generate_benchmark, generate_chunk, item_seed, score, write_report
 from tests.eval_fakes import CountingGenerator, PixelEncoders
 
@@ -245,7 +246,7 @@ def test_batched_generation_gives_the_same_images_in_one_call_per_chunk(single_b
 
 
 def test_unrelated_mean_equals_scoring_every_disjoint_pair():
-    from mumu.eval.benchmarks import BenchItem
+    from mumu.eval.items import BenchItem
     from mumu.eval.runner import subject_vectors, unrelated_mean
 
     rng = np.random.default_rng(0)

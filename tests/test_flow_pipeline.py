@@ -1,12 +1,13 @@
-"""The whole DAG (build-data → cache-features → pretrain → tune → evaluate) as one parent flow, and its resume on
-re-run."""
+"""The whole DAG (every stage of mumu/stage_list.py) as one parent flow, and its resume on re-run."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from mumu import SAMPLES_DIR
 from mumu.config import config_hash, load_profile
+from mumu.stage_list import run_folders, top_folders
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -42,9 +43,10 @@ def test_pipeline_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path):
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert {r["Benchmark"] for r in report["rows"]} == {"toy-single", "toy-multi"}
     assert all(-1 <= r["DINO"] <= 1 and -1 <= r["CLIP-T"] <= 1 for r in report["rows"])
-    assert result["report"] == str(tmp_path / "eval" / "report.md")
+    assert result == {**run_folders(tmp_path), "report": str(tmp_path / "eval" / "report.md")}
+    assert all(Path(folder).is_dir() for folder in run_folders(tmp_path).values())  # every stage wrote its folder
     resolved = config_hash(load_profile("tiny", SMALL))
-    for folder in ("", "data", "pretrain", "tune", "eval"):  # every run folder holds the config it ran with
+    for folder in ("", *top_folders()):  # every run folder holds the config it ran with
         assert config_hash(load_profile(str(tmp_path / folder / "config.yaml"))) == resolved, folder
     with get_client(sync_client=True) as client:
         artifact = client.read_latest_artifacts(limit=50)

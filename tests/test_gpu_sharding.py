@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mumu.config import load_profile
-from tasks import common
+from tasks import model_cache
+from tasks.placement import worker_device
 
 
 class _Worker:
@@ -44,23 +45,23 @@ RUNTIME = load_profile("tiny", {"runtime.device": "auto", "runtime.torch_threads
 ])
 def test_dask_workers_are_spread_over_the_gpus_by_their_number(gpus, name, expected):
     gpus(4, name)
-    assert common.worker_device(RUNTIME) == torch.device("cuda", expected)
+    assert worker_device(RUNTIME) == torch.device("cuda", expected)
 
 
 def test_a_worker_name_without_a_number_still_gets_a_stable_gpu(gpus):
     gpus(4, "tcp://10.0.0.7:40123")
-    first = common.worker_device(RUNTIME)
+    first = worker_device(RUNTIME)
     assert first.type == "cuda" and 0 <= first.index < 4
-    assert all(common.worker_device(RUNTIME) == first for _ in range(3))  # the same every time (no hash seed)
+    assert all(worker_device(RUNTIME) == first for _ in range(3))  # the same every time (no hash seed)
 
 
 def test_one_gpu_no_gpu_and_outside_dask(gpus):
     gpus(1, 3)
-    assert common.worker_device(RUNTIME) == torch.device("cuda")  # nothing to spread
+    assert worker_device(RUNTIME) == torch.device("cuda")  # nothing to spread
     gpus(0, 3)
-    assert common.worker_device(RUNTIME) == torch.device("cpu")
+    assert worker_device(RUNTIME) == torch.device("cpu")
     gpus(2, None)  # thread runner: one replica, the first GPU
-    assert common.worker_device(RUNTIME) == torch.device("cuda", 0)
+    assert worker_device(RUNTIME) == torch.device("cuda", 0)
 
 
 def test_each_device_gets_its_own_cached_replica():
@@ -70,9 +71,9 @@ def test_each_device_gets_its_own_cached_replica():
         built.append(device)
         return object()
 
-    a0 = common.cached_model("probe", "cfg-x", torch.device("cuda", 0), lambda: build("cuda:0"))
-    a1 = common.cached_model("probe", "cfg-x", torch.device("cuda", 1), lambda: build("cuda:1"))
-    again = common.cached_model("probe", "cfg-x", torch.device("cuda", 0), lambda: build("cuda:0"))
+    a0 = model_cache.cached_model("probe", "cfg-x", torch.device("cuda", 0), lambda: build("cuda:0"))
+    a1 = model_cache.cached_model("probe", "cfg-x", torch.device("cuda", 1), lambda: build("cuda:1"))
+    again = model_cache.cached_model("probe", "cfg-x", torch.device("cuda", 0), lambda: build("cuda:0"))
     assert a0 is again and a0 is not a1 and built == ["cuda:0", "cuda:1"]
 
 
@@ -84,13 +85,13 @@ def test_latest_only_keeps_one_model_of_its_kind_and_leaves_other_kinds():
         return object()
 
     cpu = torch.device("cpu")
-    other = common.cached_model("probe-encoder", "enc", cpu, lambda: build("enc"))
-    first = common.cached_model("probe-sampler", "ckpt-1", cpu, lambda: build("ckpt-1"), latest_only=True)
-    assert common.cached_model("probe-sampler", "ckpt-1", cpu, lambda: build("x"), latest_only=True) is first
-    second = common.cached_model("probe-sampler", "ckpt-2", cpu, lambda: build("ckpt-2"), latest_only=True)
+    other = model_cache.cached_model("probe-encoder", "enc", cpu, lambda: build("enc"))
+    first = model_cache.cached_model("probe-sampler", "ckpt-1", cpu, lambda: build("ckpt-1"), latest_only=True)
+    assert model_cache.cached_model("probe-sampler", "ckpt-1", cpu, lambda: build("x"), latest_only=True) is first
+    second = model_cache.cached_model("probe-sampler", "ckpt-2", cpu, lambda: build("ckpt-2"), latest_only=True)
     assert second is not first and built == ["enc", "ckpt-1", "ckpt-2"]
-    assert [k for k in common._cache if k[0] == "probe-sampler"] == [("probe-sampler", "ckpt-2@cpu")]
-    assert common.cached_model("probe-encoder", "enc", cpu, lambda: build("y")) is other
+    assert [k for k in model_cache._cache if k[0] == "probe-sampler"] == [("probe-sampler", "ckpt-2@cpu")]
+    assert model_cache.cached_model("probe-encoder", "enc", cpu, lambda: build("y")) is other
     # the first checkpoint again is loaded again (it was dropped), and drops the second
-    common.cached_model("probe-sampler", "ckpt-1", cpu, lambda: build("ckpt-1"), latest_only=True)
+    model_cache.cached_model("probe-sampler", "ckpt-1", cpu, lambda: build("ckpt-1"), latest_only=True)
     assert built == ["enc", "ckpt-1", "ckpt-2", "ckpt-1"]

@@ -119,7 +119,7 @@ NOT_OBJECTS = frozenset({
 def load_parser(pipeline: str):
     """A spaCy pipeline with what noun chunks need (tagger, parser); loaded once per process."""
     try:
-        import spacy
+        import spacy  # optional: only the 'parser' entities method needs it
     except ImportError:
         raise UserError("entities method 'parser' needs spaCy (pip install -e . installs it)") from None
     try:

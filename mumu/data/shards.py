@@ -24,6 +24,7 @@ from webdataset import TarWriter
 from data_schemas import Manifest, QuarantineRecord, ShardReport
 from mumu.config.data import WriteConfig
 from mumu.data.work import Composed, InputShard, shard_name
+from mumu.errors import UserError
 from mumu.io import atomic_path, dumps_compact, sha256_file, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
@@ -183,8 +184,6 @@ def read_quarantine(path: str | Path) -> list[QuarantineRecord]:
 
 def shard_urls(data_dir: str | Path) -> list[str]:
     """The shards a finished build-data run lists in its manifest (what training and evaluation read)."""
-    from mumu.errors import UserError
-
     path = Path(data_dir) / "manifest.json"
     try:
         manifest = Manifest.model_validate_json(path.read_bytes())

@@ -35,161 +35,17 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import re
-import string
 from pathlib import Path
-from typing import Literal
-
-from PIL import Image
-from pydantic import BaseModel, ConfigDict
 
 from mumu.config.eval import BenchmarkConfig, EvalConfig
 from mumu.errors import UserError
+from mumu.eval import dreambench, multibench
+from mumu.eval.items import BenchItem, Benchmark, PromptMode, Subject, make_item, n_placeholders, slug
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 DEFAULT_PROMPTS = SAMPLES_DIR / "bench" / "prompts.json"
 EMOJI_DIR = SAMPLES_DIR / "emoji"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-
-
-class ImageRef(BaseModel):
-    """An image segment of a multimodal prompt (a path, so items stay JSON for task boundaries)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    image: str
-
-
-class BenchItem(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str  # unique in its benchmark; safe as a directory name
-    kind: Literal["single", "multi"]
-    segments: list[str | ImageRef]  # the multimodal prompt, text and images in order
-    text: str  # the prompt with each image replaced by its subject's name (CLIP-T)
-    subjects: list[str]  # subject keys, in placeholder order
-    names: list[str]
-    references: list[list[str]]  # per subject: reference image paths for DINO / CLIP-I
-    template_index: int
-    # Per subject, the image its prompt gives it (the copy-paste score compares outputs with it); empty for items
-    # built by hand, whose prompt images are then taken in order (given_images).
-    inputs: list[str] = []
-
-    def given_images(self) -> list[str]:
-        """Per subject (in `subjects` order), the image path the prompt gave it."""
-        if self.inputs:
-            return list(self.inputs)
-        return [s.image for s in self.segments if isinstance(s, ImageRef)][:len(self.subjects)]
-
-    def prompt_string(self) -> str:
-        """The prompt in its written form: "a <image:path> in the jungle"."""
-        return "".join(s if isinstance(s, str) else f"<image:{s.image}>" for s in self.segments)
-
-    def load_prompt(self) -> list[str | Image.Image]:
-        """Segments with the images opened (RGB; transparent pixels on white)."""
-        return [s if isinstance(s, str) else load_rgb(s.image) for s in self.segments]
-
-
-class Subject(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    key: str
-    name: str
-    images: list[str]
-
-
-PromptMode = Literal["mumu", "unimo"]
-
-
-class Benchmark(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str  # e.g. "toy-single"; the runner writes under <eval dir>/<name>
-    kind: Literal["single", "multi"]
-    prompt_mode: PromptMode  # how the subject images sit in the prompts (see the module docstring)
-    subjects: list[Subject]
-    items: list[BenchItem]
-    samples_per_prompt: int | None = None  # fixed by the benchmark's protocol (DreamBench: 4); None = eval's
-    # One image per subject, drawn from emoji (the toy): the copy-paste score and the real-image ceiling use
-    # held-out renderings of each subject as its other real images (mumu/eval/held_out.py).
-    held_out_renderings: bool = False
-    # Where it comes from: the published benchmarks' figures are printed beside a run on them (mumu/eval/presets.py).
-    source: Literal["toy", "folder", "dreambench", "multibench"] = "folder"
-
-    def reference_images(self) -> list[str]:
-        """Every subject image of the benchmark, sorted (FID's default real set)."""
-        return sorted({p for s in self.subjects for p in s.images})
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGB", im.size, (255, 255, 255))
-                bg.paste(im, mask=im.getchannel("A"))
-                return bg
-            return im.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
-
-
-def chunk(items: list, size: int) -> list[list]:
-    """Consecutive chunks of `size` items (the last may be shorter), order kept."""
-    if size < 1:
-        raise ValueError(f"chunk size must be >= 1, got {size}")
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
-
-
-def _split_template(template: str) -> list[str | int]:
-    """"a {0} and a {1}" -> ["a ", 0, " and a ", 1]; a bare "{}" is field 0."""
-    parts: list[str | int] = []
-    auto = 0
-    for literal, field, spec, conv in string.Formatter().parse(template):
-        if literal:
-            parts.append(literal)
-        if field is None:
-            continue
-        if spec or conv or not (field == "" or field.isdigit()):
-            raise UserError(f"prompt template {template!r}: placeholders must be {{}} or {{0}}, {{1}}, ...")
-        parts.append(auto if field == "" else int(field))
-        auto += 1
-    return parts
-
-
-def _n_placeholders(template: str) -> int:
-    fields = {p for p in _split_template(template) if isinstance(p, int)}
-    if fields != set(range(len(fields))):
-        raise UserError(f"prompt template {template!r}: placeholders must be numbered 0..k-1")
-    return len(fields)
-
-
-def _make_item(kind, item_id, template, template_index, subjects: list[Subject], inputs: list[str],
-               references: list[list[str]], prompt_mode: PromptMode) -> BenchItem:
-    segments: list[str | ImageRef] = []
-    text = []
-
-    def add_text(s: str) -> None:  # adjacent text is one segment, as in the data stage's prompts
-        if segments and isinstance(segments[-1], str):
-            segments[-1] += s
-        else:
-            segments.append(s)
-
-    for part in _split_template(template):
-        if isinstance(part, str):
-            add_text(part)
-            text.append(part)
-        else:
-            segments.append(ImageRef(image=inputs[part]))
-            name = subjects[part].name
-            if prompt_mode == "mumu":  # MUMU tunes on "<crop> word": the name follows its image
-                add_text(" " + name)
-            text.append(name)
-    return BenchItem(id=item_id, kind=kind, segments=segments, text="".join(text),
-                     subjects=[s.key for s in subjects], names=[s.name for s in subjects],
-                     references=references, template_index=template_index, inputs=list(inputs))
 
 
 def single_items(subjects: list[Subject], templates: list[str], references: str,
@@ -199,10 +55,10 @@ def single_items(subjects: list[Subject], templates: list[str], references: str,
         for image in subject.images:
             refs = [[image]] if references == "input" else [list(subject.images)]
             for ti, template in enumerate(templates):
-                if _n_placeholders(template) != 1:
+                if n_placeholders(template) != 1:
                     raise UserError(f"single-subject template {template!r} must have exactly one placeholder")
-                item_id = f"single-{_slug(subject.key)}-{_slug(Path(image).stem)}-t{ti:02d}"
-                items.append(_make_item("single", item_id, template, ti, [subject], [image], refs, prompt_mode))
+                item_id = f"single-{slug(subject.key)}-{slug(Path(image).stem)}-t{ti:02d}"
+                items.append(make_item("single", item_id, template, ti, [subject], [image], refs, prompt_mode))
     return items
 
 
@@ -210,7 +66,7 @@ def multi_items(subjects: list[Subject], templates: list[str], sizes: tuple[int,
                 references: str, seed: int, prompt_mode: PromptMode, max_templates: int | None = None) -> list[BenchItem]:
     items = []
     for k in sizes:
-        k_templates = [(ti, t) for ti, t in enumerate(templates) if _n_placeholders(t) == k][:max_templates]
+        k_templates = [(ti, t) for ti, t in enumerate(templates) if n_placeholders(t) == k][:max_templates]
         if not k_templates or len(subjects) < k:
             continue
         all_combos = list(itertools.combinations(range(len(subjects)), k))
@@ -220,9 +76,9 @@ def multi_items(subjects: list[Subject], templates: list[str], sizes: tuple[int,
             chosen = [subjects[i] for i in combo]
             inputs = [s.images[0] for s in chosen]
             refs = [[s.images[0]] if references == "input" else list(s.images) for s in chosen]
-            key = "+".join(_slug(s.key) for s in chosen)
+            key = "+".join(slug(s.key) for s in chosen)
             for ti, template in k_templates:
-                items.append(_make_item("multi", f"multi{k}-{key}-t{ti:02d}", template, ti, chosen, inputs, refs,
+                items.append(make_item("multi", f"multi{k}-{key}-t{ti:02d}", template, ti, chosen, inputs, refs,
                                         prompt_mode))
     return items
 
@@ -278,8 +134,8 @@ def dreambench_items(subjects: list[Subject], templates: dict[str, list[str]], m
         image = subject.images[0]
         refs = [[image]] if references == "input" else [list(subject.images)]
         for ti, template in enumerate(templates[subject.key][:max_templates]):
-            item_id = f"single-{_slug(subject.key)}-{_slug(Path(image).stem)}-t{ti:02d}"
-            items.append(_make_item("single", item_id, template, ti, [subject], [image], refs, prompt_mode))
+            item_id = f"single-{slug(subject.key)}-{slug(Path(image).stem)}-t{ti:02d}"
+            items.append(make_item("single", item_id, template, ti, [subject], [image], refs, prompt_mode))
     return items
 
 
@@ -299,8 +155,6 @@ def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[
 
     A root in DreamBench's own layout (mumu/eval/dreambench.py) gives DreamBench's single-subject benchmark as
     published; its multi-subject benchmark combines DreamBench's subjects with the bundled multi templates."""
-    from mumu.eval import dreambench, multibench
-
     if cfg.root is not None and (multi_dataset := multibench.find_dataset(Path(cfg.root))) is not None:
         return [multibench_benchmark(cfg, multi_dataset)]
     dream_templates, protocol_samples = None, None
@@ -309,13 +163,13 @@ def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[
         # model never saw "jungle" or "snow", so DreamBench's templates would test words it cannot know.
         prefix, subjects, prompts = "toy", emoji_subjects(emoji_dir), load_prompts(emoji_dir / "prompts.json")
     elif (dataset := dreambench.find_dataset(Path(cfg.root))) is not None:
-        prefix, prompts = _slug(Path(cfg.root).name), load_prompts(None)
+        prefix, prompts = slug(Path(cfg.root).name), load_prompts(None)
         subjects, dream_templates = dreambench.load(dataset, IMAGE_SUFFIXES)
         protocol_samples = dreambench.SAMPLES_PER_PROMPT
     else:
         root = Path(cfg.root)
         prompts = load_prompts(root / "prompts.json")
-        prefix, subjects = _slug(root.name), folder_subjects(root, prompts.get("names"))
+        prefix, subjects = slug(root.name), folder_subjects(root, prompts.get("names"))
     subjects = subjects[:cfg.max_subjects]
     single_templates = list(prompts.get("single", []))[:cfg.max_templates]
     # A profile fills prompt_mode in from train.tune.prompt_mode (mumu/config/profile.py); a bare
@@ -348,8 +202,6 @@ def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[
 def multibench_benchmark(cfg: BenchmarkConfig, dataset: Path) -> Benchmark:
     """MultiBench as published (mumu/eval/multibench.py): its multi-subject benchmark only, since it has no
     single-subject protocol of its own."""
-    from mumu.eval import multibench
-
     if "multi" not in cfg.kinds:
         raise UserError(f"{cfg.root} is a MultiBench folder, a multi-subject benchmark only: set "
                         "eval.benchmark.kinds to include multi")
@@ -359,7 +211,7 @@ def multibench_benchmark(cfg: BenchmarkConfig, dataset: Path) -> Benchmark:
     ids = [item.id for item in items]
     if len(set(ids)) != len(ids):
         raise UserError(f"MultiBench {dataset}: item ids collide (subject names differ only in punctuation)")
-    return Benchmark(name=f"{_slug(Path(cfg.root).name)}-multi", kind="multi", prompt_mode=mode, subjects=subjects,
+    return Benchmark(name=f"{slug(Path(cfg.root).name)}-multi", kind="multi", prompt_mode=mode, subjects=subjects,
                      items=items, source="multibench")
 
 

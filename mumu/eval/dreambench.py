@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from mumu.errors import UserError
+from mumu.eval.items import Subject
 
 PROMPTS_FILE = "prompts_and_classes.txt"
 SAMPLES_PER_PROMPT = 4
@@ -74,8 +75,6 @@ def parse_prompts_and_classes(text: str, source: str = PROMPTS_FILE) -> tuple[di
 def load(dataset: Path, image_suffixes: set[str]):
     """(subjects, {subject key: its templates}) of a DreamBench dataset folder; subjects sorted, each named by
     its class. Listed subjects without a folder are skipped (a partial copy); a folder without a class is an error."""
-    from mumu.eval.benchmarks import Subject
-
     path = dataset / PROMPTS_FILE
     try:
         classes, prompts = parse_prompts_and_classes(path.read_text(encoding="utf-8"), str(path))

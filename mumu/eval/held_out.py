@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mumu.config.eval import CopyingConfig
 from mumu.data.scenes import render_scene
-from mumu.eval.benchmarks import Subject, _slug, load_rgb
+from mumu.eval.items import Subject, load_rgb, slug
 from mumu.io import atomic_path
 
 
@@ -32,7 +32,7 @@ def render_held_out(subject: Subject, out_dir: str | Path, cfg: CopyingConfig) -
     for k in range(cfg.held_out_renderings):
         scene = render_scene(image.parent, rendering_seed(cfg.seed, subject.key, k), size=size, n_objects=1,
                              names={image.name: subject.name}, scale=cfg.held_out_scale)
-        path = Path(out_dir) / _slug(subject.key) / f"{k}.png"
+        path = Path(out_dir) / slug(subject.key) / f"{k}.png"
         with atomic_path(path) as tmp:
             scene.image.save(tmp, format="PNG")
         paths.append(str(path))

@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from mumu.errors import UserError
+from mumu.eval.items import Subject, make_item, slug
 
 TEMPLATES_FILE = "prompt_templates.txt"
 CATEGORIES = ("living", "wearing", "toy", "food")  # UNIMO-G's four MultiBench categories
@@ -97,8 +98,6 @@ def load(dataset: Path, image_suffixes: set[str], max_subjects: int | None = Non
          max_templates: int | None = None):
     """(subjects sorted by category and name, {subject key: category}, [(template, slot categories)]) of a
     MultiBench folder; only the categories its templates use are read (and every image of them checked)."""
-    from mumu.eval.benchmarks import Subject
-
     path = dataset / TEMPLATES_FILE
     try:
         templates = parse_templates(path.read_text(encoding="utf-8"), str(path))[:max_templates]
@@ -137,8 +136,6 @@ def draw_fillings(subjects_by_category: dict[str, list[int]], categories: list[s
 def items(subjects, category_of: dict[str, str], templates: list[tuple[str, list[str]]], combinations: int,
           references: str, seed: int, prompt_mode):
     """The benchmark's items: per template (file order), its drawn fillings."""
-    from mumu.eval.benchmarks import _make_item, _slug
-
     by_category: dict[str, list[int]] = {}
     for index, subject in enumerate(subjects):
         by_category.setdefault(category_of[subject.key], []).append(index)
@@ -151,7 +148,7 @@ def items(subjects, category_of: dict[str, str], templates: list[tuple[str, list
             chosen = [subjects[i] for i in combo]
             inputs = [s.images[0] for s in chosen]
             refs = [[s.images[0]] if references == "input" else list(s.images) for s in chosen]
-            key = "+".join(_slug(s.key) for s in chosen)
-            out.append(_make_item("multi", f"multi{len(chosen)}-{key}-t{ti:02d}", template, ti, chosen, inputs,
+            key = "+".join(slug(s.key) for s in chosen)
+            out.append(make_item("multi", f"multi{len(chosen)}-{key}-t{ti:02d}", template, ti, chosen, inputs,
                                   refs, prompt_mode))
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from mumu.config.eval import EvalConfig
-from mumu.eval.benchmarks import Benchmark
+from mumu.eval.items import Benchmark
 from mumu.eval.presets import protocol_deviations
 
 PROMPT_FORMS = {

@@ -23,7 +23,7 @@ import numpy as np
 
 from mumu.config.eval import BootstrapConfig
 from mumu.eval import bootstrap, copying, metrics
-from mumu.eval.benchmarks import BenchItem
+from mumu.eval.items import BenchItem
 
 ROW_METRICS = ("dino", "clip_i", "clip_t", "copy_paste")
 

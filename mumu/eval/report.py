@@ -18,7 +18,7 @@ from PIL import Image
 
 from mumu.config.eval import ReportConfig
 from mumu.eval import protocol
-from mumu.eval.benchmarks import _slug, load_rgb
+from mumu.eval.items import load_rgb, slug
 from mumu.io import atomic_path, write_json_atomic, write_text_atomic
 
 COLUMNS = ["Run", "Benchmark", "Subject ID", "Chance", "DINO", "DINO chance", "CLIP-I", "CLIP-I chance", "CLIP-T",
@@ -157,7 +157,7 @@ def write_report(scores: list[dict], out_dir: str | Path, cfg: ReportConfig | No
         lines = [f"### {run_name} · {s['benchmark']}" + (f" · {s['prompt_mode']} prompts" if s.get("prompt_mode") else ""), ""]
         for item in grid_items(s["items"], cfg.max_grids):
             refs = [p for group in item["references"] for p in group]
-            rel = Path("grids") / _slug(run_name) / s["benchmark"] / f"{item['id']}.png"
+            rel = Path("grids") / slug(run_name) / s["benchmark"] / f"{item['id']}.png"
             with atomic_path(out_dir / rel) as tmp:
                 make_grid(refs, item["images"], cfg.grid_cell).save(tmp, format="PNG")
             grids.append(out_dir / rel)

@@ -31,10 +31,11 @@ from PIL import Image
 from mumu.config.eval import BootstrapConfig, EvalConfig
 from mumu.errors import UserError
 from mumu.eval import bootstrap, copying, identify, metrics, protocol
+from mumu.eval.benchmarks import build_benchmarks, eval_config_for
 from mumu.eval.held_out import render_held_out
+from mumu.eval.items import BenchItem, Benchmark, chunk, load_rgb
 from mumu.eval.presets import published_for
 from mumu.eval.reference_rows import RealFeatures, item_copy_paste, reference_rows
-from mumu.eval.benchmarks import Benchmark, BenchItem, chunk, load_rgb
 from mumu.eval.report import Report, write_report  # re-exported: the runner's last step
 from mumu.io import atomic_path, write_json_atomic
 
@@ -319,8 +320,6 @@ def evaluate(generate_fn: GenerateFn | None, out_dir: str | Path, encoders, cfg:
     """The whole evaluation in one process: build the configured benchmarks, generate each (resuming
     finished chunks) under `<out_dir>/<benchmark name>`, score them and write the report in `out_dir`.
     The Prefect flow maps `generate_chunk` over chunks instead; this is the same sequence, unmapped."""
-    from mumu.eval.benchmarks import build_benchmarks, eval_config_for
-
     out_dir = Path(out_dir)
     scores = []
     for bench in build_benchmarks(cfg.benchmark):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import glob
 import itertools
 import os
 import random
@@ -34,13 +33,14 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from models.cached import CachedFeatures
 from mumu.config.train import StageConfig
 from mumu.errors import UserError
 from mumu.train.augment import augment_prompt_images
 from mumu.train.features import FeatureCache
 from mumu.train.samples import DECODER, BadSample, Decoded, decode_sample
 from mumu.train.shard_reader import read_shards
-from models.cached import CachedFeatures
+from mumu.train.shard_urls import expand_shard_urls
 
 __all__ = ["DECODER", "Example", "LoaderStats", "expand_shard_urls", "iterate_examples", "slot_shard_draws"]
 
@@ -238,24 +238,6 @@ def slot_shard_draws(urls: list[str], seed: int, slot: int, n_slots: int) -> Ite
 
 
 # ------------------------------------------------------------------------------------------ public API
-
-
-def expand_shard_urls(shard_urls: list[str]) -> list[str]:
-    """Brace-expand urls, list *.tar in directories, and check that local shards exist (UserError if not)."""
-    urls: list[str] = []
-    for url in shard_urls:
-        for u in wds.shardlists.expand_urls(str(url)):
-            if os.path.isdir(u):
-                urls.extend(sorted(glob.glob(os.path.join(u, "*.tar"))))
-            else:
-                urls.append(u)
-    if not urls:
-        raise UserError(f"no training shards found at {', '.join(map(str, shard_urls)) or '(no paths given)'}")
-    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.isfile(u)]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"training shard not found: {missing[0]}{more}")
-    return urls
 
 
 def _identity(x):

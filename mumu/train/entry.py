@@ -12,10 +12,13 @@ import json
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
+
 from mumu.config import load_profile
 from mumu.data.shards import shard_urls
 from mumu.errors import UserError
 from mumu.io import write_json_atomic
+from mumu.train.loop import train
 
 
 def result_summary(result) -> dict:
@@ -55,10 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
     try:
-        from accelerate import PartialState
-
-        from mumu.train.loop import train
-
         cfg = load_profile(args.profile, json.loads(args.overrides))
         result = train(args.stage, cfg, shard_urls(args.data), args.out, init=args.init, resume=args.resume,
                        max_steps=args.max_steps,

@@ -24,12 +24,17 @@ from safetensors.torch import save as save_tensors
 
 from data_schemas import Manifest, ShardReport
 from data_schemas.features import FeatureManifest, FeatureShardReport
+from models.decoder import build_vae, vae_posterior
+from models.encoder import PromptEncoder
+from models.mumu_model import target_pixels
+from models.vision_tower import VisionTower
 from mumu.config.model import ModelConfig
 from mumu.config.train import TrainConfig
 from mumu.errors import UserError
 from mumu.io import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
 from mumu.train.features import (EMPTY_PROMPT, MEMBER, cache_dir, cache_spec, read_empty_prompt, sidecar_done,
                                  sidecar_report_path, spec_key)
+from mumu.train.samples import BadSample, decode_sample
 
 
 @dataclass(frozen=True)
@@ -64,10 +69,6 @@ class FrozenParts:
     """The frozen parts a cache spec needs, built from the model config alone (no UNet, no connector)."""
 
     def __init__(self, model: ModelConfig, spec: dict, device: torch.device | str = "cpu"):
-        from models.decoder import build_vae
-        from models.encoder import PromptEncoder
-        from models.vision_tower import VisionTower
-
         parts = spec["parts"]
         self.resolution, self.device = model.decoder.resolution, torch.device(device)
         self.vae = build_vae(model.decoder).to(self.device).eval().requires_grad_(False) if "latents" in parts else None
@@ -84,7 +85,6 @@ class FrozenParts:
     @torch.no_grad()
     def compute(self, samples: list[dict], batch_size: int) -> list[dict[str, torch.Tensor]]:
         """Per raw data sample (a webdataset dict), its cached tensors by name."""
-        from mumu.train.samples import BadSample, decode_sample
 
         forms = sorted({*self.forms, *({"crop": "mumu", "segment": "unimo"}[k] for k in self.image_kinds)} - {"text"})
         views: list[dict] = []
@@ -110,9 +110,6 @@ class FrozenParts:
         return out
 
     def _posteriors(self, views, out, chunk) -> None:
-        from models.decoder import vae_posterior
-        from models.mumu_model import target_pixels
-
         todo = [i for i in chunk if "text" in views[i]]
         if self.vae is None or not todo:
             return

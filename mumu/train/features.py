@@ -24,13 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
 
 from data_schemas import ShardReport
 from data_schemas.features import FEATURES_VERSION, FeatureShardReport
+from models.cached import CachedFeatures
 from mumu.config.base import BUNDLED_PREFIX, ModelSource
 from mumu.config.model import ModelConfig
 from mumu.config.train import TrainConfig
 from mumu.errors import UserError
+from mumu.train.shard_urls import expand_shard_urls
 
 FEATURES_DIR = "features"
 MEMBER = "features.safetensors"  # the one tar member per sample: <sample key>.features.safetensors
@@ -151,8 +155,6 @@ def find_cache(data_urls: list[str], model: ModelConfig, train: TrainConfig) -> 
     if spec is None:
         return without("this model and config have nothing to cache (train.features)")
     key = spec_key(spec)
-    from mumu.train.data import expand_shard_urls  # (that module reads the cache this one finds)
-
     data_urls = expand_shard_urls(data_urls)  # the urls the loader will draw: directories and braces expanded
     if any("://" in u or u.startswith("pipe:") for u in data_urls):
         return without("the shards are not local files, so no feature cache is looked for")
@@ -190,10 +192,6 @@ def find_cache(data_urls: list[str], model: ModelConfig, train: TrainConfig) -> 
 
 def read_empty_prompt(folder: Path, key: str):
     """The empty prompt's cached states (models/cached.py CachedFeatures), or None when missing or unreadable."""
-    from safetensors import SafetensorError
-
-    from models.cached import CachedFeatures
-
     path = folder / EMPTY_PROMPT
     try:
         tensors = decode_features(path.read_bytes(), key, str(path))
@@ -216,9 +214,7 @@ def safetensors_metadata(blob: bytes) -> dict[str, str]:
 
 def decode_features(blob: bytes, key: str, where: str) -> dict:
     """A sample's cached tensors (name -> tensor), after checking that they carry the expected cache key."""
-    from safetensors.torch import load
-
     got = safetensors_metadata(blob).get("cache_key")
     if got != key:
         raise UserError(f"{where}: features of model config {got}, not {key}: refusing them (run cache-features again)")
-    return load(blob)
+    return load_tensors(blob)

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 from tqdm import tqdm
 
 from models.decoder import TINY_VAE
+from mumu import SAMPLES_DIR
 from mumu.data.scenes import PLAIN, load_emoji_names, render_scene
 from mumu.io import write_text_atomic
 
@@ -104,8 +106,6 @@ def latent_separation(vae, data: torch.Tensor, generator: torch.Generator) -> di
 def fit_vae(samples_dir: Path, out_dir: Path, *, size: int = 64, steps: int = 2500, batch_size: int = 16,
             lr: float = 2e-3, kl_weight: float = 1e-6, scenes: int = 768, seed: int = 0) -> dict:
     """Fit the tiny AutoencoderKL and save it with diffusers' save_pretrained (safetensors) + summary.json."""
-    from diffusers import AutoencoderKL
-
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     data = to_tensor(training_images(samples_dir, scenes=scenes, seed=seed, size=size), size)
@@ -152,7 +152,6 @@ def fit_vae(samples_dir: Path, out_dir: Path, *, size: int = 64, steps: int = 25
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mumu import SAMPLES_DIR
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path)

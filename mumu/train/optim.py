@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 
 from mumu.config.train import StageConfig
 
@@ -19,8 +21,6 @@ def build_optimizer(groups: dict[str, list[torch.nn.Parameter]], stage: StageCon
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig, max_steps: int):
-    from diffusers.optimization import get_scheduler
-
     return get_scheduler(stage.lr_schedule, optimizer, num_warmup_steps=stage.warmup_steps,
                          num_training_steps=max_steps)
 
@@ -43,6 +43,4 @@ def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch
 
 
 def build_ema(params: list[torch.nn.Parameter], decay: float):
-    from diffusers.training_utils import EMAModel
-
     return EMAModel(params, decay=decay)

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from mumu.config.eval import SamplerConfig
+from mumu.generate import MumuSampler
 from mumu.io import atomic_path
 
 
 def sample_grid(model, prompts: list[list], path: Path, *, steps: int, seed: int, guidance: float = 3.0) -> Path:
     """Row of images, one per prompt, as a PNG (the model is returned to training mode afterwards)."""
-    from mumu.config.eval import SamplerConfig
-    from mumu.generate import MumuSampler
 
     was_training = model.training
     try:
