@@ -95,7 +95,8 @@ def run_seed(args_dict: dict, seed: int, urls: list[str]) -> dict:
     root = Path(args_dict["out"]) / f"seed-{seed}"
     base = {**seed_overrides(seed), **mllm_overrides(args_dict["mllm_dir"]),
             "runtime.train_torch_threads": args_dict["threads"],
-            "train.tune.prompt_mode": args_dict["prompt_mode"]}
+            "train.tune.prompt_mode": args_dict["prompt_mode"],
+            "train.pretrain.max_steps": n, "train.tune.max_steps": m}
     profile = load_profile(args_dict["profile"], base)
     profile_b = load_profile(args_dict["profile"], {**base, "train.tune.attn_loss.weight": 0.0})
     results: dict[str, dict] = {}
@@ -108,12 +109,14 @@ def run_seed(args_dict: dict, seed: int, urls: list[str]) -> dict:
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     t0 = time.perf_counter()
-    first = train("pretrain", profile, urls, root / "a-pretrain", max_steps=n, resume=False)
+    first = train("pretrain", profile, urls, root / "a-pretrain", resume=False)
     stage1_seconds = time.perf_counter() - t0
     shutil.rmtree(stage1, ignore_errors=True)
     shutil.copytree(first.model_dir, stage1)
     t0 = time.perf_counter()
-    arm_a = train("pretrain", profile, urls, root / "a-pretrain", max_steps=n + m, resume=True)
+    # arm a: the same run extended to n + m steps (max_steps is not in the checkpoints' fingerprint: it resumes)
+    longer = load_profile(args_dict["profile"], {**base, "train.pretrain.max_steps": n + m})
+    arm_a = train("pretrain", longer, urls, root / "a-pretrain", resume=True)
     results["a"] = {"model_dir": str(arm_a.model_dir), "pretrain_steps": arm_a.steps, "tune_steps": 0,
                     "resumed_from": arm_a.start_step, "attn_weight": None, "attn_mean": None,
                     "tune_checkpoint": None, "final_loss": arm_a.final_loss,
@@ -121,7 +124,7 @@ def run_seed(args_dict: dict, seed: int, urls: list[str]) -> dict:
     for arm, prof in (("b", profile_b), ("c", profile)):
         attn: list[float] = []
         t0 = time.perf_counter()
-        res = train("tune", prof, urls, root / f"{arm}-tune", init=stage1, max_steps=m, resume=False, on_log=logger(attn))
+        res = train("tune", prof, urls, root / f"{arm}-tune", init=stage1, resume=False, on_log=logger(attn))
         results[arm] = {"model_dir": str(res.model_dir), "pretrain_steps": n, "tune_steps": res.steps,
                         "resumed_from": 0, "attn_weight": prof.train.tune.attn_loss.weight,
                         "attn_mean": float(np.mean(attn)) if attn else None,

@@ -1,6 +1,6 @@
 """docs/ablation.md from a results.json of bench/ablation.py.
 
-    python bench/ablation_report.py runs/ablation/results.json [--docs docs/ablation.md]
+    python -m bench.ablation_report runs/ablation/results.json [--docs docs/ablation.md]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ A CPU-scale version of UNIMO-G's ablation (Tables 2–3: "w/o Tuning", "w/o Visu
 It is a runnable experiment, not part of CI; `tests/test_ablation_smoke.py` runs its plumbing with 1–2 steps.
 
 ```
-python bench/ablation.py --steps-pretrain 1000 --steps-tune 2000 --seeds 0 1 2 --threads 2 --samples 4 \
+python -m bench.ablation --steps-pretrain 1000 --steps-tune 2000 --seeds 0 1 2 --threads 2 --samples 4 \
     --out runs/ablation --write-docs    # defaults: --prompt-mode unimo --recolour 0.5 --captions colours --mllm-steps 1000
-python bench/ablation_report.py runs/ablation/results.json      # (re)writes this file
+python -m bench.ablation_report runs/ablation/results.json      # (re)writes this file
 ```
 
 ## Set-up

@@ -1,6 +1,6 @@
 """build-data throughput: the Prefect flow vs the bare model calls it wraps, in one process.
 
-    python bench/bench_build_data.py [--images 768] [--repeats 5] [--variants ...] [--shards-per-task N]
+    python -m bench.bench_build_data [--images 768] [--repeats 5] [--variants ...] [--shards-per-task N]
 
 Prints images/s of the bare model calls (captioner on the uncaptioned images, detector on all, segmenter on the
 boxes; per shard, as the flow calls them), and of the variants chosen, each lever on its own (all warm: API

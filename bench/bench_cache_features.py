@@ -1,7 +1,7 @@
 """cache-features throughput: the Prefect flow vs the bare forwards of the frozen parts it runs, in one process,
 and the disk the cache takes per sample.
 
-    python bench/bench_cache_features.py [--images 96] [--repeats 2]
+    python -m bench.bench_cache_features [--images 96] [--repeats 2]
 
 Two tiny configurations: the tiny profile (its encoder trains LoRA: the VAE posterior of each target and the
 vision-tower grid of each crop are cached) and the tiny profile with the whole encoder frozen and UNIMO-G prompts

@@ -1,6 +1,6 @@
 """Cost of the data-stage wrappers over the bare transformers forward they wrap, same process.
 
-    /work/venv/bin/python bench/bench_data_models.py [--profile tiny] [--images 16] [--repeats 3] [--threads 1]
+    python -m bench.bench_data_models [--profile tiny] [--images 16] [--repeats 3] [--threads 1]
 
 For the captioner, detector and segmenter of a profile, prints seconds per image of
   - baseline: the model's forward/generate on inputs prepared beforehand (what transformers costs);

@@ -1,6 +1,6 @@
 """Throughput of MumuSampler against a bare denoising loop on the same model, same process.
 
-    /work/venv/bin/python bench/bench_generate.py [--profile tiny] [--prompts 8] [--n 2] [--steps 10]
+    python -m bench.bench_generate [--profile tiny] [--prompts 8] [--n 2] [--steps 10]
                                                   [--guidance 3.0] [--repeats 3] [--threads 1]
 
 Prints images/s of

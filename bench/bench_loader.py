@@ -1,6 +1,6 @@
 """Throughput of the training-data loader against a bare tarfile read of the same shards, same process.
 
-    /work/venv/bin/python bench/bench_loader.py [--shards 4] [--per-shard 64] [--size 64] [--batches 60]
+    python -m bench.bench_loader [--shards 4] [--per-shard 64] [--size 64] [--batches 60]
 
 Writes schema-following shards (target + 2 entities with crop / segment / mask, every 8th text-only) of
 tiny random images to a temporary directory, then prints samples/s of

@@ -1,6 +1,6 @@
 """Metric pass time per 1k generated images, against baselines measured in the same process.
 
-    python bench/bench_metrics.py [--images 64] [--real-size]
+    python -m bench.bench_metrics [--images 64] [--real-size]
 
 1. Tiny profile encoders: a full `mumu.eval.runner.score` pass (PNG decode, DINO + CLIP image
    features of generated and reference images, CLIP text, cosine scores, Fréchet distance) over

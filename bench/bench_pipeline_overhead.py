@@ -1,6 +1,6 @@
 """Orchestration overhead of the tiny end-to-end run: `mumu pipeline` vs the same stage functions called directly.
 
-    python bench/bench_pipeline_overhead.py [--repeats 2] [--set key=value ...]
+    python -m bench.bench_pipeline_overhead [--repeats 2] [--set key=value ...]
 
 One process, tiny profile, the bundled samples (mumu/samples/scenes), a fresh output folder per run:
   - direct:  the plain functions the flows' tasks call, stage after stage: mumu.data.stages.run_local
@@ -105,8 +105,7 @@ def run_direct(out: Path, overrides: dict, threads: int = 1) -> dict[str, float]
 
     for stage in ("pretrain", "tune"):
         init = str(model_dir(out / "pretrain")) if stage == "tune" else None
-        train(stage, cfg, shard_urls(out / "data"), out / stage, init=init, resume=True, max_steps=None,
-              on_log=on_log)
+        train(stage, cfg, shard_urls(out / "data"), out / stage, init=init, resume=True, on_log=on_log)
         lap(stage)
 
     model = str(model_dir(out / "tune"))

@@ -1,6 +1,6 @@
 """Training-step cost: MumuModel's step vs a bare diffusers UNet + VAE step, in one process.
 
-    python bench/bench_train.py [--steps 20] [--profile tiny]
+    python -m bench.bench_train [--steps 20] [--profile tiny]
 
 Same tiny UNet weights, same batch (2 targets at the profile's resolution, one prompt with 2 crops).
 - bare:   VAE encode (no grad) -> DDPM noise -> UNet(fixed encoder states, text_time) -> MSE -> backward -> AdamW

@@ -1,6 +1,6 @@
 """Which training recipe makes the tiny from-scratch model learn its condition? (mumu.eval.prompt_following)
 
-    python bench/recipe_probe.py --steps 300 --arms base v v+zsnr v+zsnr+minsnr ... [--out runs/recipe]
+    python -m bench.recipe_probe --steps 300 --arms base v v+zsnr v+zsnr+minsnr ... [--out runs/recipe]
 
 Each arm trains the tiny profile with some overrides on the toy task (K subjects, text and image prompts,
 same targets), then samples every prompt from the same seeds and prints nearest-target accuracy per prompt

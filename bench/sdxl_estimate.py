@@ -2,8 +2,8 @@
 (mumu-sdxl = MUMU's recipe, unimo-g = UNIMO-G's with the MLLM frozen) with and without the feature cache, the
 bytes the cache stores per sample, parameters and the activation memory behind the per-GPU estimate.
 
-    python bench/sdxl_estimate.py [--crop-side 980] [--images 3] [--text-tokens 58] [--json]
-    python bench/sdxl_estimate.py --variants    # mumu-sdxl with one departure from the paper at a time
+    python -m bench.sdxl_estimate [--crop-side 980] [--images 3] [--text-tokens 58] [--json]
+    python -m bench.sdxl_estimate --variants    # mumu-sdxl with one departure from the paper at a time
 
 Each profile's MumuModel is assembled from the published configs bundled in models/configs/ inside
 models.hf.empty_weights() (PyTorch's meta device: shapes only, no weights, seconds on a laptop). Forward FLOPs

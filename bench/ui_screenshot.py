@@ -1,8 +1,8 @@
 """Screenshot of a flow run's page in the Prefect UI, with headless Chromium (Debian's `chromium` package).
 
-    python bench/ui_screenshot.py                      # start a throw-away server, run build-data on the
+    python -m bench.ui_screenshot                      # start a throw-away server, run build-data on the
                                                        # bundled samples (tiny), screenshot that run
-    python bench/ui_screenshot.py --url http://127.0.0.1:4200 --flow-run-id ID   # a run on your server
+    python -m bench.ui_screenshot --url http://127.0.0.1:4200 --flow-run-id ID   # a run on your server
 
 Prints where the PNG is. The browser part (flags, fresh profile, virtual-time budget so the JavaScript app
 renders before the shot) is deployments/ui_check.py, which tests/test_deployments.py also uses.

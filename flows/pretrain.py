@@ -11,15 +11,15 @@ from prefect import flow
 
 from deployments.events import emit_stage_completed
 from mumu.config import load_profile
-from mumu.runs import with_max_steps, write_run_config
+from mumu.runs import write_run_config
 from tasks.train import train_stage
 
 
 @flow(name="pretrain")
 def pretrain(data: str, out: str, profile: str = "tiny", overrides: dict[str, Any] | None = None,
-             max_steps: int | None = None, resume: bool = True) -> dict:
+             resume: bool = True) -> dict:
     cfg = load_profile(profile, overrides)  # fail fast on a bad profile
-    write_run_config(out, with_max_steps(cfg, "pretrain", max_steps))
-    result = train_stage("pretrain", profile, overrides, data, out, None, max_steps, resume)
+    write_run_config(out, cfg)
+    result = train_stage("pretrain", profile, overrides, data, out, None, resume)
     emit_stage_completed("pretrain", out, data=data, model=result["model"])
     return result

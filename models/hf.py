@@ -17,7 +17,6 @@ from transformers import (Idefics2Config, Idefics2ForConditionalGeneration, Idef
                           Idefics2Processor, PreTrainedTokenizerFast)
 
 from mumu.config import ModelSource
-from mumu.config.runtime import RuntimeConfig
 from mumu.errors import UserError
 
 WORDS_FILE = Path(__file__).resolve().parent.parent / "mumu" / "resources" / "words.txt"
@@ -54,13 +53,6 @@ def empty_weights_config(source: ModelSource) -> Path | None:
     if name is None:
         raise UserError(f"no bundled config for {source.pretrained!r} (bundled: {', '.join(BUNDLED_CONFIGS)})")
     return BUNDLED_CONFIGS_DIR / name / (source.subfolder or "")
-
-
-def resolve_device(runtime: RuntimeConfig | str = "auto") -> torch.device:
-    name = runtime if isinstance(runtime, str) else runtime.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -43,13 +43,6 @@ def _profile(args: argparse.Namespace, **flags: Any):
     return load_profile(args.profile, overrides), overrides
 
 
-def _max_steps(args: argparse.Namespace) -> None:
-    """--max-steps is passed to the stage beside the profile (not as an override: it must not change the
-    checkpoints' config fingerprint), so it is checked here against the field's bound."""
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
-
-
 def cmd_build_data(args: argparse.Namespace) -> None:
     cfg, overrides = _profile(args)
     if not Path(args.input).exists():
@@ -85,8 +78,7 @@ def cmd_cache_features(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    _, overrides = _profile(args)
-    _max_steps(args)
+    _, overrides = _profile(args, **{"train.pretrain.max_steps": args.max_steps})
     # torch: only for this command
     from mumu.data.shards import shard_urls
 
@@ -95,14 +87,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from flows.pretrain import pretrain
     from mumu.train.entry import final_line
 
-    result = pretrain(data=args.data, out=args.out, profile=args.profile, overrides=overrides,
-                      max_steps=args.max_steps, resume=args.resume)
+    result = pretrain(data=args.data, out=args.out, profile=args.profile, overrides=overrides, resume=args.resume)
     print(final_line(result))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    _, overrides = _profile(args, **{"train.tune.attn_loss.weight": args.attn_loss_weight})
-    _max_steps(args)
+    _, overrides = _profile(args, **{"train.tune.attn_loss.weight": args.attn_loss_weight,
+                                     "train.tune.max_steps": args.max_steps})
     # torch: only for this command
     from mumu.data.shards import shard_urls
 
@@ -112,7 +103,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from mumu.train.entry import final_line
 
     result = tune(data=args.data, init=args.init, out=args.out, profile=args.profile, overrides=overrides,
-                  attn_loss_weight=args.attn_loss_weight, max_steps=args.max_steps, resume=args.resume)
+                  attn_loss_weight=args.attn_loss_weight, resume=args.resume)
     print(final_line(result))
 
 
@@ -201,7 +192,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _training(p: argparse.ArgumentParser, stage: str) -> None:
-    p.add_argument("--max-steps", type=int, help=f"override the profile's train.{stage}.max_steps")
+    p.add_argument("--max-steps", type=int, metavar="N",
+                   help=f"shorthand for --set train.{stage}.max_steps=N (raising it on a finished run extends it)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT's last checkpoint (default); --no-resume starts over")
     _common(p)

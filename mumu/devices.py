@@ -1,8 +1,9 @@
 """Which torch device a process computes on, from a profile's `runtime`: the one place that decides it.
 
 Processes that build models ask here: the data, feature and evaluation tasks in their workers (tasks/placement.py,
-with the Dask worker's number) and `mumu generate` (mumu/cli.py). So "auto", a cuda request on a machine without
-CUDA and the spreading of workers over the GPUs of one machine mean the same wherever they are read.
+with the Dask worker's number), `mumu generate` (mumu/cli.py) and the training stages' accelerator
+(mumu/train/build.py). So "auto", a cuda request on a machine without CUDA and the spreading of workers over the
+GPUs of one machine mean the same wherever they are read.
 """
 
 from __future__ import annotations

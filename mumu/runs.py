@@ -25,14 +25,6 @@ def write_run_config(out: str | Path, cfg) -> Path:
     return path
 
 
-def with_max_steps(cfg, stage: str, max_steps: int | None):
-    """The profile with a stage's max_steps replaced by a --max-steps given beside it (what the stage ran)."""
-    if max_steps is None:
-        return cfg
-    stage_cfg = getattr(cfg.train, stage).model_copy(update={"max_steps": max_steps})
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={stage: stage_cfg})})
-
-
 def model_dir(run_or_model: str | Path) -> Path:
     """A training run dir (its `model/`) or a saved model dir (holds mumu_config.json) -> the model dir."""
     p = Path(run_or_model).expanduser()

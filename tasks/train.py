@@ -22,6 +22,7 @@ from mumu.config.runtime import RuntimeConfig
 from mumu.data.shards import shard_urls
 from mumu.launch import accelerate_argv, run_launcher
 from mumu.train.entry import result_summary, resumed_line
+from mumu.train.loop import train
 from tasks.options import TASK_OPTIONS
 
 
@@ -36,13 +37,11 @@ def _publish_sample(stage: str, step: int, png: Path) -> None:
 
 
 def _launch_argv(stage: str, profile: str, overrides: dict | None, data: str, out: str, init: str | None,
-                 max_steps: int | None, runtime: RuntimeConfig, resume: bool) -> list[str]:
+                 runtime: RuntimeConfig, resume: bool) -> list[str]:
     """`accelerate launch` of mumu.train.entry for this stage, on this machine's share of the processes."""
     args = [stage, "--profile", profile, "--data", data, "--out", out, "--overrides", json.dumps(overrides or {})]
     if init:
         args += ["--init", init]
-    if max_steps is not None:
-        args += ["--max-steps", str(max_steps)]
     if not resume:
         args.append("--no-resume")
     return accelerate_argv("mumu.train.entry", args, num_processes=runtime.train_world_size,
@@ -51,16 +50,14 @@ def _launch_argv(stage: str, profile: str, overrides: dict | None, data: str, ou
 
 @task(name="train-stage", **{**TASK_OPTIONS, "retries": 1, "retry_delay_seconds": 5})
 def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data: str, out: str,
-                init: str | None = None, max_steps: int | None = None, resume: bool = True) -> dict[str, Any]:
+                init: str | None = None, resume: bool = True) -> dict[str, Any]:
     """Train one stage. resume=False starts over (this run's old checkpoints are removed); a Prefect retry
     of this task always resumes, since the first attempt already made that choice."""
-    from mumu.train.loop import train  # heavy: only the in-process route trains here (the launcher runs a child)
-
     log = get_run_logger()
     cfg = load_profile(profile, overrides)
     resume = resume or task_run.run_count > 1
     if cfg.runtime.launches_training:
-        run_launcher(_launch_argv(stage, profile, overrides, data, out, init, max_steps, cfg.runtime, resume),
+        run_launcher(_launch_argv(stage, profile, overrides, data, out, init, cfg.runtime, resume),
                      on_line=log.info)
         return json.loads((Path(out) / "result.json").read_text())
 
@@ -68,7 +65,7 @@ def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data
         log.info("%s step %d: loss %.4f (diffusion %.4f, attn %.4f)", stage, step, metrics["loss"],
                  metrics["diffusion"], metrics["attn"])
 
-    result = train(stage, cfg, shard_urls(data), out, init=init, resume=resume, max_steps=max_steps, on_log=on_log,
+    result = train(stage, cfg, shard_urls(data), out, init=init, resume=resume, on_log=on_log,
                    on_sample=lambda step, png: _publish_sample(stage, step, png),
                    on_resume=lambda step, ckpt: log.info("%s", resumed_line(stage, step, ckpt)),
                    on_info=lambda line: log.info("%s: %s", stage, line))

@@ -109,3 +109,25 @@ def test_profile_show_rejects_a_bad_profile_with_one_line(argv, needle, capsys):
     err = [line for line in captured.err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("mumu: error:") and needle in err[0], err
     assert captured.out == ""
+
+
+@pytest.mark.parametrize("stage, extra", [("pretrain", []), ("tune", ["--init", "I"])])
+def test_max_steps_is_shorthand_for_the_profile_override(stage, extra, monkeypatch):
+    """--max-steps N reaches the flow as the override train.STAGE.max_steps=N: the same run as --set gives."""
+    import importlib
+
+    import mumu.cli
+    import mumu.data.shards
+    import mumu.train.entry
+
+    flow_module = importlib.import_module(f"flows.{stage}")
+    calls = []
+    monkeypatch.setattr(mumu.data.shards, "shard_urls", lambda data: ["D"])
+    monkeypatch.setattr(mumu.cli, "model_dir", lambda path: path)
+    monkeypatch.setattr(flow_module, stage, lambda **kw: calls.append(kw) or {})
+    monkeypatch.setattr(mumu.train.entry, "final_line", lambda result: "done")
+    argv = [stage, "--data", "D", "--out", "O", *extra]
+    assert main([*argv, "--max-steps", "5"]) == 0
+    assert main([*argv, "--set", f"train.{stage}.max_steps=5"]) == 0
+    assert calls[0] == calls[1] and calls[0]["overrides"] == {f"train.{stage}.max_steps": 5}
+    assert "max_steps" not in calls[0]

@@ -81,8 +81,8 @@ def test_training_from_the_cache_gives_the_losses_of_training_from_pixels(data, 
     runs, calls, lines = {}, {}, []
     for use in ("off", "require"):
         seen = _count_calls(monkeypatch)
-        prof = load_profile("tiny", {**overrides, "train.features.use": use})
-        runs[use] = train("tune", prof, shard_urls(data), tmp_path / use, max_steps=4, on_info=lines.append).losses
+        prof = load_profile("tiny", {**overrides, "train.features.use": use, "train.tune.max_steps": 4})
+        runs[use] = train("tune", prof, shard_urls(data), tmp_path / use, on_info=lines.append).losses
         calls[use] = dict(seen)
         monkeypatch.undo()
     assert runs["require"] == pytest.approx(runs["off"], rel=1e-5, abs=1e-6)
@@ -115,7 +115,8 @@ def test_a_cache_written_by_another_model_config_is_refused(data, tmp_path):
     shutil.copytree(cache_dir(data, manifest.key), copied)
     try:
         with pytest.raises(UserError) as info:
-            train("tune", other, shard_urls(data), tmp_path / "run", max_steps=1)
+            train("tune", load_profile("tiny", {**VISION, "model.encoder.model.seed": 99, "train.tune.max_steps": 1}),
+                  shard_urls(data), tmp_path / "run")
         message = str(info.value)
         assert "\n" not in message and manifest.key in message and other_key in message and "refusing" in message
     finally:
@@ -133,8 +134,8 @@ def test_a_sidecar_swapped_inside_the_cache_is_refused_by_the_loader(data, tmp_p
     name = manifest.shards[0].name
     shutil.copy(cache_dir(data, side.key) / name, cache_dir(folder, manifest.key) / name)
     with pytest.raises(UserError, match=f"features of model config {side.key}, not {manifest.key}") as info:
-        train("tune", load_profile("tiny", {**VISION, "train.tune.batch_size": 8}), shard_urls(folder),
-              tmp_path / "run", max_steps=2)
+        train("tune", load_profile("tiny", {**VISION, "train.tune.batch_size": 8, "train.tune.max_steps": 2}),
+              shard_urls(folder), tmp_path / "run")
     assert "\n" not in str(info.value)
 
 
@@ -237,8 +238,8 @@ def test_a_prompt_cache_trains_without_loading_the_encoder(data, tmp_path, monke
     monkeypatch.setattr(MumuModel, "save_pretrained", save)
     runs, lines = {}, []
     for use in ("off", "require"):
-        prof = load_profile("tiny", {**over, "train.features.use": use})
-        runs[use] = train("tune", prof, shard_urls(data), tmp_path / use, max_steps=4, on_info=lines.append)
+        prof = load_profile("tiny", {**over, "train.features.use": use, "train.tune.max_steps": 4})
+        runs[use] = train("tune", prof, shard_urls(data), tmp_path / use, on_info=lines.append)
     assert loaded_at_save == {"off": True, "require": loads}
     assert lines[1].endswith("the prompt encoder is not loaded")
     loaded_lines = [ln for ln in lines if ln.endswith("loaded the prompt encoder")]

@@ -29,27 +29,30 @@ def test_pretrain_then_tune_flows_write_models_and_resume(shards, tmp_path):
     from flows.pretrain import pretrain
     from flows.tune import tune
 
-    first = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=FAST, max_steps=3)
+    three = {**FAST, "train.pretrain.max_steps": 3}
+    first = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=three)
     assert first["steps"] == 3 and first["resumed_from"] == 0
     assert (tmp_path / "pre" / "model" / "mumu_config.json").is_file()
     assert sorted(p.name for p in (tmp_path / "pre" / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
-    ran = load_profile(str(tmp_path / "pre" / "config.yaml"))  # the resolved config, --max-steps included
+    ran = load_profile(str(tmp_path / "pre" / "config.yaml"))  # the resolved config, overrides included
     assert ran.train.pretrain.max_steps == 3 and ran.train.pretrain.checkpoint_every == 2
-    assert ran.model_dump() == load_profile("tiny", {**FAST, "train.pretrain.max_steps": 3}).model_dump()
+    assert ran.model_dump() == load_profile("tiny", three).model_dump()
 
-    again = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=FAST, max_steps=3)
+    again = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=three)
     assert again["resumed_from"] == 3 and again["final_loss"] == first["final_loss"]  # nothing retrained
-    fresh = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=FAST, max_steps=3, resume=False)
+    fresh = pretrain(data=str(shards), out=str(tmp_path / "pre"), overrides=three, resume=False)
     assert fresh["resumed_from"] == 0 and fresh["final_loss"] == first["final_loss"]  # retrained, same seed
 
-    tuned = tune(data=str(shards), init=str(tmp_path / "pre"), out=str(tmp_path / "tune"), overrides=FAST,
-                 attn_loss_weight=1.0, max_steps=2)
+    tuned = tune(data=str(shards), init=str(tmp_path / "pre"), out=str(tmp_path / "tune"),
+                 overrides={**FAST, "train.tune.max_steps": 2}, attn_loss_weight=1.0)
     assert tuned["steps"] == 2 and Path(tuned["model"]).is_dir()
     ran = load_profile(str(tmp_path / "tune" / "config.yaml"))
     assert (ran.train.tune.max_steps, ran.train.tune.attn_loss.weight) == (2, 1.0)
 
 
 def test_a_resumed_run_says_so_in_its_log_and_final_line(shards, tmp_path, capfd, caplog):
+    """Also: --max-steps N is the override train.pretrain.max_steps=N, and raising it extends the run (max_steps is
+    not part of the checkpoints' fingerprint), whichever of the two spellings each run uses."""
     from mumu.cli import main
 
     argv = ["pretrain", "--data", str(shards), "--out", str(tmp_path / "run")]
@@ -59,7 +62,7 @@ def test_a_resumed_run_says_so_in_its_log_and_final_line(shards, tmp_path, capfd
     assert out.strip().splitlines()[-1].startswith("pretrain: 2 steps, final loss")
     assert "resumed from" not in "\n".join([out, err, *caplog.messages])
     caplog.clear()
-    assert main([*argv, "--max-steps", "4"]) == 0
+    assert main([*argv, "--set", "train.pretrain.max_steps=4"]) == 0
     out, err = capfd.readouterr()
     final = out.strip().splitlines()[-1]
     assert final.startswith("pretrain: 4 steps (resumed from step 2), final loss"), final
@@ -71,7 +74,8 @@ def test_a_resumed_run_says_so_in_its_log_and_final_line(shards, tmp_path, capfd
 def test_crash_mid_stage_is_healed_by_the_task_retry_with_identical_losses(shards, tmp_path, monkeypatch):
     from flows.pretrain import pretrain
 
-    reference = loop.train("pretrain", load_profile("tiny", FAST), stages_urls(shards), tmp_path / "ref", max_steps=4)
+    four = {**FAST, "train.pretrain.max_steps": 4}
+    reference = loop.train("pretrain", load_profile("tiny", four), stages_urls(shards), tmp_path / "ref")
 
     real_save, crashed = loop.save_checkpoint, []
 
@@ -83,7 +87,7 @@ def test_crash_mid_stage_is_healed_by_the_task_retry_with_identical_losses(shard
         return path
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
-    result = pretrain(data=str(shards), out=str(tmp_path / "run"), overrides=FAST, max_steps=4)
+    result = pretrain(data=str(shards), out=str(tmp_path / "run"), overrides=four)
     assert crashed and crashed[0].name == "step-000002"
     assert result["resumed_from"] == 2 and result["steps"] == 4  # the retry continued, not restarted
     assert result["final_loss"] == pytest.approx(reference.final_loss, abs=1e-6)

@@ -38,7 +38,8 @@ def _final_state(run):
 @pytest.mark.usefixtures("prefect_server")
 def test_killed_training_process_resumes_to_the_same_run(shards, tmp_path):  # noqa: F811
     # The uninterrupted run, in this process: loop.train is what the CLI's pretrain flow runs.
-    loop.train("pretrain", load_profile("tiny", OVERRIDES), shard_urls(shards), tmp_path / "whole", max_steps=STEPS)
+    loop.train("pretrain", load_profile("tiny", {**OVERRIDES, "train.pretrain.max_steps": STEPS}), shard_urls(shards),
+               tmp_path / "whole")
 
     killed = _pretrain(shards, tmp_path / "killed")
     first = tmp_path / "killed" / "checkpoints" / "step-000002"

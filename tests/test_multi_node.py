@@ -28,12 +28,12 @@ def test_one_machine_trains_in_process_unless_it_has_several_processes():
 def test_multi_node_options_name_every_process_and_the_rank0_machine():
     rt = _runtime(train_processes=8, train_machines=2, train_machine_rank=1, train_main_address="10.0.0.5:29500")
     assert rt.launches_training and rt.train_world_size == 16
-    argv = _launch_argv("tune", "tiny", {"a": 1}, "D", "O", "I", 7, rt, resume=False)
+    argv = _launch_argv("tune", "tiny", {"a": 1}, "D", "O", "I", rt, resume=False)
     assert argv[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "16"]
     assert argv[5:13] == ["--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.5",
                           "--main_process_port", "29500"]
     assert argv[13:] == ["-m", "mumu.train.entry", "tune", "--profile", "tiny", "--data", "D", "--out", "O",
-                         "--overrides", '{"a": 1}', "--init", "I", "--max-steps", "7", "--no-resume"]
+                         "--overrides", '{"a": 1}', "--init", "I", "--no-resume"]
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -95,9 +95,9 @@ def test_pretrain_flow_trains_under_accelerate_launch_with_two_processes(shards,
     from flows.pretrain import pretrain
 
     overrides = {"train.pretrain.checkpoint_every": 2, "train.pretrain.sample_every": 0,
-                 "train.pretrain.log_every": 1, "train.pretrain.batch_size": 2, "runtime.train_processes": 2}
-    state = pretrain(data=str(shards), out=str(tmp_path / "run"), overrides=overrides, max_steps=4,
-                     return_state=True)
+                 "train.pretrain.log_every": 1, "train.pretrain.batch_size": 2, "runtime.train_processes": 2,
+                 "train.pretrain.max_steps": 4}
+    state = pretrain(data=str(shards), out=str(tmp_path / "run"), overrides=overrides, return_state=True)
     result = state.result()
     assert result["steps"] == 4 and result["resumed_from"] == 0
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
@@ -115,5 +115,5 @@ def test_pretrain_flow_trains_under_accelerate_launch_with_two_processes(shards,
     # the main process prints one line per step, as it trains (the other rank is quiet)
     assert [m.split(":")[0] for m in messages] == [f"pretrain step {i}" for i in range(1, 5)]
 
-    again = pretrain(data=str(shards), out=str(tmp_path / "run"), overrides=overrides, max_steps=4)
+    again = pretrain(data=str(shards), out=str(tmp_path / "run"), overrides=overrides)
     assert again["resumed_from"] == 4 and again["final_loss"] == result["final_loss"]

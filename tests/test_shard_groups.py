@@ -216,6 +216,7 @@ def test_the_progress_bar_moves_per_shard_report_within_one_task_run(tmp_path, m
     import tqdm as tqdm_module
     from prefect import flow, task
 
+    import flows.runners
     from flows.runners import gather_shard_groups
 
     shown = []
@@ -225,7 +226,7 @@ def test_the_progress_bar_moves_per_shard_report_within_one_task_run(tmp_path, m
             super().update(n)
             shown.append(self.n)
 
-    monkeypatch.setattr(tqdm_module, "tqdm", Bar)
+    monkeypatch.setattr(flows.runners, "tqdm", Bar)  # the name the module bound at import
     paths = [tmp_path / f"shard-{i}.report.json" for i in range(3)]
     paths[0].write_text("{}")  # a report from an earlier run: not this run's progress
     os.utime(paths[0], (0, 0))

@@ -14,7 +14,8 @@ from mumu.size_conditioning import SIZES_FILE, SizeTally, read_original_size, sa
 from mumu.train.data import Example
 from mumu.train.loop import train
 
-PROFILE = load_profile("tiny", {"train.pretrain.sample_every": 0, "train.pretrain.checkpoint_every": 1})
+OVERRIDES = {"train.pretrain.sample_every": 0, "train.pretrain.checkpoint_every": 1}
+PROFILE = load_profile("tiny", OVERRIDES)
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +101,11 @@ def test_training_records_the_original_sizes_it_saw_across_a_resume(tmp_path):
             yield _examples(96, 128) if i % 3 == 2 else _examples(256, 256)
             i += 1
 
-    train("pretrain", PROFILE, [], tmp_path, max_steps=2, iterate=stream)
+    train("pretrain", load_profile("tiny", {**OVERRIDES, "train.pretrain.max_steps": 2}), [], tmp_path, iterate=stream)
     first = json.loads((tmp_path / "model" / SIZES_FILE).read_text())
     assert first == {"original_size": [256, 256], "counts": {"256x256": 4}}
-    train("pretrain", PROFILE, [], tmp_path, max_steps=4, iterate=stream)  # resumes from step 2
+    # max_steps raised: resumes from step 2
+    train("pretrain", load_profile("tiny", {**OVERRIDES, "train.pretrain.max_steps": 4}), [], tmp_path, iterate=stream)
     record = json.loads((tmp_path / "model" / SIZES_FILE).read_text())
     assert record == {"original_size": [256, 256], "counts": {"256x256": 6, "96x128": 2}}
     model = load_model(tmp_path / "model")

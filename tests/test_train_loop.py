@@ -11,7 +11,7 @@ from mumu.config import load_profile
 from mumu.config.train import AttnLossConfig
 from mumu.errors import UserError
 from mumu.train.data import Example
-from mumu.train.loop import TrainingError, run_seed, train
+from mumu.train.loop import TrainingError, fingerprint, run_seed, train
 from mumu.train.optim import step_generator
 
 
@@ -50,8 +50,9 @@ def profile(stage="tune", **kw):
 
 def test_overfits_a_fixed_batch(tmp_path: Path):
     logs = []
-    prof = profile("pretrain", cfg_dropout=0.0, sample_every=0, checkpoint_every=100, log_every=1, warmup_steps=2)
-    result = train("pretrain", prof, [], tmp_path, max_steps=20, iterate=fixed, on_log=lambda s, m: logs.append((s, m)))
+    prof = profile("pretrain", cfg_dropout=0.0, sample_every=0, checkpoint_every=100, log_every=1, warmup_steps=2,
+                   max_steps=20)
+    result = train("pretrain", prof, [], tmp_path, iterate=fixed, on_log=lambda s, m: logs.append((s, m)))
     # The loss of one step depends on its random timesteps: compare the model before and after training on
     # the same draws (8 seeded generators) instead.
     from models.mumu_model import MumuModel
@@ -95,15 +96,15 @@ def _stop_at(step):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    prof = profile(checkpoint_every=2, sample_every=2, log_every=1, keep_checkpoints=5)
-    return prof, train("tune", prof, [], out, max_steps=4, iterate=rotating)
+    prof = profile(checkpoint_every=2, sample_every=2, log_every=1, keep_checkpoints=5, max_steps=4)
+    return prof, train("tune", prof, [], out, iterate=rotating)
 
 
 def test_resume_is_exact_and_ignores_a_torn_save(uninterrupted, tmp_path: Path):
     prof, full = uninterrupted
     assert len(full.losses) == 4 and len(set(full.losses)) == 4
     with pytest.raises(Interrupt):  # "killed" right after the step-2 checkpoint and preview
-        train("tune", prof, [], tmp_path, max_steps=4, iterate=rotating, on_sample=_stop_at(2))
+        train("tune", prof, [], tmp_path, iterate=rotating, on_sample=_stop_at(2))
     ckpts = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-000002"]
     # a save of step 4 killed half-way (temp dir with a torn file), and a step dir without its state
@@ -114,7 +115,7 @@ def test_resume_is_exact_and_ignores_a_torn_save(uninterrupted, tmp_path: Path):
     (ckpts / "step-000003" / "weights.safetensors").write_bytes(b"torn")
 
     samples = []
-    resumed = train("tune", prof, [], tmp_path, max_steps=4, iterate=rotating,
+    resumed = train("tune", prof, [], tmp_path, iterate=rotating,
                     on_sample=lambda s, p: samples.append((s, p)))
     assert resumed.start_step == 2 and resumed.steps == 4
     assert not torn.exists()
@@ -130,17 +131,32 @@ def test_resume_is_exact_and_ignores_a_torn_save(uninterrupted, tmp_path: Path):
 
 def test_resume_refuses_another_config(uninterrupted, tmp_path: Path):
     prof, full = uninterrupted
-    other = profile(checkpoint_every=2, sample_every=2, log_every=1, keep_checkpoints=5, weight_decay=0.5)
+    other = profile(checkpoint_every=2, sample_every=2, log_every=1, keep_checkpoints=5, max_steps=4, weight_decay=0.5)
     with pytest.raises(UserError, match="different stage/config"):
-        train("tune", other, [], full.out_dir, max_steps=4, iterate=rotating)
+        train("tune", other, [], full.out_dir, iterate=rotating)
+
+
+def test_max_steps_is_not_in_the_fingerprint_so_raising_it_extends_a_run(uninterrupted, tmp_path: Path):
+    import shutil
+
+    prof, full = uninterrupted
+    six = profile(checkpoint_every=2, sample_every=2, log_every=1, keep_checkpoints=5, max_steps=6)
+    assert fingerprint("tune", six, None) == fingerprint("tune", prof, None)
+    assert fingerprint("tune", profile(max_steps=6, weight_decay=0.5), None) != fingerprint("tune", six, None)
+    out = tmp_path / "run"
+    shutil.copytree(full.out_dir, out)  # the finished 4-step run, extended to 6 steps
+    longer = train("tune", six, [], out, iterate=rotating)
+    assert (longer.start_step, longer.steps, len(longer.losses)) == (4, 6, 6)
+    assert longer.losses[:4] == full.losses
 
 
 def test_stage2_starts_from_stage1_model(uninterrupted, tmp_path: Path):
     from models.mumu_model import MumuModel
 
-    prof, full = uninterrupted
+    _, full = uninterrupted
+    prof = profile(checkpoint_every=2, sample_every=2, log_every=1, keep_checkpoints=5, max_steps=1)
     logs = []
-    train("tune", prof, [], tmp_path, init=full.model_dir, max_steps=1, iterate=rotating,
+    train("tune", prof, [], tmp_path, init=full.model_dir, iterate=rotating,
           on_log=lambda s, m: logs.append(m))
     # the first step's loss is the init model's loss on batch 0 under the step-1 generator
     model = MumuModel.from_pretrained(full.model_dir).train()
@@ -150,12 +166,12 @@ def test_stage2_starts_from_stage1_model(uninterrupted, tmp_path: Path):
     assert logs[0]["loss"] == pytest.approx(out["loss"].item(), rel=1e-6)
     assert logs[0]["attn"] > 0
     with pytest.raises(UserError, match="not a saved model"):
-        train("tune", prof, [], tmp_path / "x", init=tmp_path / "nowhere", max_steps=1, iterate=rotating)
+        train("tune", prof, [], tmp_path / "x", init=tmp_path / "nowhere", iterate=rotating)
     # a model setting the init model was not built with is refused, not silently dropped
     enc = prof.model.encoder.model_copy(update={"freeze_vision": False})
     changed = prof.model_copy(update={"model": prof.model.model_copy(update={"encoder": enc})})
     with pytest.raises(UserError, match=r"another model config \(model.encoder.freeze_vision\)"):
-        train("tune", changed, [], tmp_path / "y", init=full.model_dir, max_steps=1, iterate=rotating)
+        train("tune", changed, [], tmp_path / "y", init=full.model_dir, iterate=rotating)
     assert not (tmp_path / "y" / "model").exists()
 
 
@@ -174,7 +190,7 @@ def test_non_finite_loss_names_the_step(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(MumuModel, "training_loss", poisoned)
     with pytest.raises(TrainingError, match="step 2: loss is nan") as err:
-        train("pretrain", profile("pretrain", sample_every=0), [], tmp_path, max_steps=5, iterate=fixed)
+        train("pretrain", profile("pretrain", sample_every=0, max_steps=5), [], tmp_path, iterate=fixed)
     assert err.value.step == 2
     assert not (tmp_path / "model").exists()
 
@@ -184,18 +200,18 @@ def test_ema_and_accumulation_resume_to_the_same_model(tmp_path: Path):
     import safetensors.torch as st
 
     prof = profile("pretrain", gradient_accumulation_steps=2, ema_decay=0.9, checkpoint_every=1, sample_every=1,
-                   keep_checkpoints=2)
+                   keep_checkpoints=2, max_steps=2)
     seen = []
 
     def spy(urls, stage, seed, start_step=0):
         seen.append(start_step)
         return rotating(urls, stage, seed, start_step)
 
-    full = train("pretrain", prof, [], tmp_path / "a", max_steps=2, iterate=spy)
+    full = train("pretrain", prof, [], tmp_path / "a", iterate=spy)
     with pytest.raises(Interrupt):
-        train("pretrain", prof, [], tmp_path / "b", max_steps=2, iterate=spy, on_sample=_stop_at(1))
+        train("pretrain", prof, [], tmp_path / "b", iterate=spy, on_sample=_stop_at(1))
     assert (tmp_path / "b" / "checkpoints" / "step-000001" / "ema.safetensors").exists()
-    resumed = train("pretrain", prof, [], tmp_path / "b", max_steps=2, iterate=spy)
+    resumed = train("pretrain", prof, [], tmp_path / "b", iterate=spy)
     assert resumed.start_step == 1 and resumed.losses == full.losses
     assert 2 in seen  # resumed stream starts at micro-batch 1 x 2
     a = st.load_file(str(full.model_dir / "connector" / "connector.safetensors"))
@@ -208,11 +224,12 @@ def test_ema_and_accumulation_resume_to_the_same_model(tmp_path: Path):
 
 def test_training_uses_its_own_thread_count_and_gives_the_process_its_own_back(tmp_path: Path):
     seen = []
-    prof = load_profile("tiny", {"runtime.train_torch_threads": 2, "train.pretrain.sample_every": 0})
+    prof = load_profile("tiny", {"runtime.train_torch_threads": 2, "train.pretrain.sample_every": 0,
+                               "train.pretrain.max_steps": 2})
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train("pretrain", prof, [], tmp_path, max_steps=2, iterate=fixed,
+        train("pretrain", prof, [], tmp_path, iterate=fixed,
               on_log=lambda step, metrics: seen.append(torch.get_num_threads()))
         assert seen and set(seen) == {2}
         assert torch.get_num_threads() == 1

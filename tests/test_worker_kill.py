@@ -74,10 +74,11 @@ def _final_checkpoint(run: Path) -> Path:
 
 def test_killed_worker_and_lost_machine_then_a_rerun_resumes_to_the_same_model(shards, tmp_path):  # noqa: F811
     reference = tmp_path / "reference"
-    loop.train("pretrain", load_profile("tiny", OVERRIDES), shard_urls(shards), reference, max_steps=STEPS)
+    overrides = {**OVERRIDES, "train.pretrain.max_steps": STEPS}
+    loop.train("pretrain", load_profile("tiny", overrides), shard_urls(shards), reference)
 
     out = tmp_path / "pretrain"
-    params = {"data": str(shards), "out": str(out), "max_steps": STEPS, "overrides": OVERRIDES}
+    params = {"data": str(shards), "out": str(out), "overrides": overrides}
     started = time.monotonic()
     phase = lambda name: print(f"[{time.monotonic() - started:6.1f} s] {name}", flush=True)  # noqa: E731
     with local_server(tmp_path / "home") as env:

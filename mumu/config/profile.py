@@ -144,7 +144,7 @@ def _where(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or "(" in p))) or "(top level)"
 
 
-def config_hash(config: StrictModel) -> str:
-    """Stable short hash of a config section: recorded in manifests and checkpoints."""
-    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+def config_hash(config: StrictModel, exclude: set[str] | None = None) -> str:
+    """Stable short hash of a config section (without its fields `exclude`): recorded in manifests and checkpoints."""
+    blob = json.dumps(config.model_dump(mode="json", exclude=exclude), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

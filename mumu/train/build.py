@@ -11,16 +11,19 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch.utils.tensorboard import SummaryWriter
 
-from models.hf import resolve_device
 from models.mumu_model import MumuModel
 from mumu.config.model import ModelConfig
 from mumu.config.runtime import RuntimeConfig
 from mumu.config.train import StageConfig
+from mumu.devices import runtime_device
 from mumu.train.optim import build_ema, build_lr_scheduler, build_optimizer
 
 
 def make_accelerator(runtime: RuntimeConfig, stage: StageConfig) -> Accelerator:
-    device = resolve_device(runtime)
+    """The stage's accelerator, on CPU unless runtime.device resolves to cuda (mumu.devices: not strict, so a
+    cuda request without CUDA fails where the accelerator puts the model there). runtime_device also applies
+    runtime.torch_threads: the training loop sets its own thread count after this."""
+    device = runtime_device(runtime, strict=False)
     # find_unused_parameters: a text-only batch leaves the modality projection's LoRA without gradient.
     return Accelerator(mixed_precision=stage.mixed_precision,
                        gradient_accumulation_steps=stage.gradient_accumulation_steps, cpu=device.type == "cpu",

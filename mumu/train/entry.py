@@ -54,13 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--init")
-    p.add_argument("--max-steps", type=int)
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
     try:
         cfg = load_profile(args.profile, json.loads(args.overrides))
         result = train(args.stage, cfg, shard_urls(args.data), args.out, init=args.init, resume=args.resume,
-                       max_steps=args.max_steps,
                        on_log=lambda step, m: _say(f"{args.stage} step {step}: loss {m['loss']:.4f}"),
                        on_resume=lambda step, ckpt: _say(resumed_line(args.stage, step, ckpt)),
                        on_info=lambda line: _say(f"{args.stage}: {line}"))

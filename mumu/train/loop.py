@@ -116,7 +116,6 @@ def train(
     out_dir: str | Path,
     init: str | Path | None = None,
     resume: bool = True,
-    max_steps: int | None = None,
     iterate: Callable[..., Iterator[list]] = iterate_examples,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_sample: Callable[[int, Path], None] | None = None,
@@ -133,12 +132,13 @@ def train(
     """
     t_start = time.perf_counter()
     profile = load_profile(profile) if isinstance(profile, str) else profile
-    plan = _plan(stage_name, profile, out_dir, init, max_steps)
-    if threads := profile.runtime.train_torch_threads or profile.runtime.torch_threads:
-        torch.set_num_threads(threads)  # keeps_torch_threads gives the caller its own count back
+    plan = _plan(stage_name, profile, out_dir, init)
 
     # --- model, optimizer, schedule -------------------------------------------------------------------
-    accelerator = make_accelerator(profile.runtime, plan.stage)
+    accelerator = make_accelerator(profile.runtime, plan.stage)  # applies runtime.torch_threads (mumu.devices)
+    # after make_accelerator, so the stage's own count wins; keeps_torch_threads gives the caller its own back
+    if threads := profile.runtime.train_torch_threads or profile.runtime.torch_threads:
+        torch.set_num_threads(threads)
     if init is not None:
         check_init_config(Path(init), profile.model)
     cache, cache_line = find_cache(data_urls, profile.model, profile.train) if data_urls else (None, "")
@@ -209,21 +209,30 @@ class _Plan:
         return self.out_dir / "checkpoints"
 
 
-def _plan(stage_name: str, profile: ProfileConfig, out_dir: str | Path, init: str | Path | None,
-          max_steps: int | None) -> _Plan:
+def fingerprint(stage_name: str, profile: ProfileConfig, init: str | Path | None) -> dict:
+    """What a checkpoint must have been written under to be resumed: the stage, its config, the model config, the
+    init model and the seed.
+
+    The stage config is hashed without max_steps: max_steps says where the run stops, not what its steps compute
+    (step s draws from (seed, s) whatever the last step is), so raising it (`--max-steps N` or
+    `--set train.STAGE.max_steps=N`, the same override) extends a finished or interrupted run from its last
+    checkpoint instead of refusing it. The LR schedule does span max_steps: an extended run continues on the
+    schedule of the new length from the resumed step (a constant schedule after warmup is unchanged by it)."""
+    stage = getattr(profile.train, stage_name)
+    return {"stage": stage_name, "stage_config": config_hash(stage, exclude={"max_steps"}),
+            "model_config": config_hash(profile.model), "init": str(Path(init).resolve()) if init else None,
+            "seed": run_seed(profile, stage_name)}
+
+
+def _plan(stage_name: str, profile: ProfileConfig, out_dir: str | Path, init: str | Path | None) -> _Plan:
     """The stage's settings, checked, with out_dir created."""
     if stage_name not in STAGES:
         raise UserError(f"unknown stage {stage_name!r}: choose one of {', '.join(STAGES)}")
     stage = getattr(profile.train, stage_name)
-    total = max_steps if max_steps is not None else stage.max_steps
-    if total < 1:  # the config bounds max_steps; an explicit max_steps must obey the same bound
-        raise UserError(f"max_steps must be at least 1, got {total}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed = run_seed(profile, stage_name)
-    fingerprint = {"stage": stage_name, "stage_config": config_hash(stage), "model_config": config_hash(profile.model),
-                   "init": str(Path(init).resolve()) if init else None, "seed": seed}
-    return _Plan(stage_name, stage, out_dir, total, seed, fingerprint)
+    return _Plan(stage_name, stage, out_dir, stage.max_steps, run_seed(profile, stage_name),
+                 fingerprint(stage_name, profile, init))
 
 
 @dataclass
