@@ -17,7 +17,7 @@ from prefect.artifacts import create_table_artifact
 
 from deployments.events import emit_stage_completed
 from flows.runners import gather_shard_groups, shard_groups, task_runner
-from mumu.config import config_hash, load_profile
+from mumu.config import ProfileConfig, config_hash, resolve_profile
 from mumu.data import stages
 from mumu.data.shards import report_path
 from mumu.runs import write_run_config
@@ -26,8 +26,9 @@ from tasks.retries import retry_options
 
 
 @flow(name="build-data", log_prints=False)
-def build_data(input_path: str, out: str, profile: str = "tiny", overrides: dict[str, Any] | None = None) -> dict:
-    cfg = load_profile(profile, overrides)
+def build_data(input_path: str, out: str, profile: str | ProfileConfig = "tiny",
+               overrides: dict[str, Any] | None = None) -> dict:
+    cfg = resolve_profile(profile, overrides)
     write_run_config(out, cfg)
     data, runtime = cfg.data, cfg.runtime
     log = get_run_logger()

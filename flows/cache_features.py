@@ -16,7 +16,7 @@ from prefect.artifacts import create_table_artifact
 
 from deployments.events import emit_stage_completed
 from flows.runners import gather_shard_groups, shard_groups, task_runner
-from mumu.config import load_profile
+from mumu.config import ProfileConfig, resolve_profile
 from mumu.runs import write_run_config
 from mumu.train.features import sidecar_done, sidecar_report_path
 from tasks import features as t
@@ -24,8 +24,8 @@ from tasks.retries import retry_options
 
 
 @flow(name="cache-features")
-def cache_features(data: str, profile: str = "tiny", overrides: dict[str, Any] | None = None) -> dict:
-    cfg = load_profile(profile, overrides)
+def cache_features(data: str, profile: str | ProfileConfig = "tiny", overrides: dict[str, Any] | None = None) -> dict:
+    cfg = resolve_profile(profile, overrides)
     log = get_run_logger()
     retry = retry_options(cfg.runtime)
 

@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 from deployments.events import emit_stage_completed
 from flows.runners import task_runner
-from mumu.config import load_profile
+from mumu.config import ProfileConfig
 from mumu.config.eval import EvalConfig
 from mumu.config.runtime import RuntimeConfig
-from mumu.eval.benchmarks import build_benchmarks, checkpoint_prompt_mode, eval_config_for
+from mumu.eval.benchmarks import build_benchmarks, eval_config_for, profile_for_checkpoint
 from mumu.eval.items import Benchmark, chunk
 from mumu.eval.report import table_cells
 from mumu.runs import model_dir, write_run_config
@@ -34,17 +34,11 @@ from tasks.retries import retry_options
 GENERATE_TASKS_PER_WORKER = 4
 
 @flow(name="evaluate")
-def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str = "tiny",
+def evaluate(checkpoint: str, out: str, bench: str = "toy", profile: str | ProfileConfig = "tiny",
              overrides: dict[str, Any] | None = None) -> dict:
-    overrides = dict(overrides or {})
-    if bench != "toy":
-        overrides["eval.benchmark.root"] = bench
+    overrides = {**(overrides or {}), **({"eval.benchmark.root": bench} if bench != "toy" else {})}
     model = str(model_dir(checkpoint))
-    # Benchmark prompts are built the way the checkpoint was tuned, unless the caller names a mode.
-    tuned = checkpoint_prompt_mode(model)
-    if tuned is not None and "eval.benchmark.prompt_mode" not in overrides:
-        overrides["eval.benchmark.prompt_mode"] = tuned
-    cfg = load_profile(profile, overrides)
+    cfg = profile_for_checkpoint(profile, overrides, model)
     ev, runtime = cfg.eval, cfg.runtime
     write_run_config(out, cfg)
     retry = retry_options(runtime)

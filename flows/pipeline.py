@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow
 
 from mumu import TRAIN_SAMPLES_DIR
-from mumu.config import load_profile
+from mumu.config import ProfileConfig, resolve_profile
 from mumu.runs import write_run_config
 from mumu.stage_list import RUN_INPUT, STAGES
 
@@ -26,9 +26,9 @@ STAGE_FLOWS = [(stage, getattr(import_module(stage.module), stage.function)) for
 
 
 @flow(name="pipeline")
-def pipeline(input_path: str | None = None, out: str = "runs/tiny", profile: str = "tiny",
+def pipeline(input_path: str | None = None, out: str = "runs/tiny", profile: str | ProfileConfig = "tiny",
              overrides: dict[str, Any] | None = None) -> dict:
-    cfg = load_profile(profile, overrides)  # fail fast on a bad profile
+    cfg = resolve_profile(profile, overrides)  # fails fast on a bad profile; every stage runs on this object
     root = Path(out)
     write_run_config(root, cfg)
     folders = {stage.name: str(root / stage.folder) for stage, _ in STAGE_FLOWS}
@@ -38,5 +38,5 @@ def pipeline(input_path: str | None = None, out: str = "runs/tiny", profile: str
     for stage, run_stage in STAGE_FLOWS:
         # the flow's folder parameters, e.g. tune(data=OUT/data, init=OUT/pretrain, out=OUT/tune)
         arguments = {param: source[of] for param, of in stage.parameters.items()}
-        results[stage.name] = run_stage(**arguments, profile=profile, overrides=overrides)
+        results[stage.name] = run_stage(**arguments, profile=cfg)
     return {**folders, "report": results["evaluate"]["markdown"]}

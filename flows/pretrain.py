@@ -10,16 +10,16 @@ from typing import Any
 from prefect import flow
 
 from deployments.events import emit_stage_completed
-from mumu.config import load_profile
+from mumu.config import ProfileConfig, resolve_profile
 from mumu.runs import write_run_config
 from tasks.train import train_stage
 
 
 @flow(name="pretrain")
-def pretrain(data: str, out: str, profile: str = "tiny", overrides: dict[str, Any] | None = None,
+def pretrain(data: str, out: str, profile: str | ProfileConfig = "tiny", overrides: dict[str, Any] | None = None,
              resume: bool = True) -> dict:
-    cfg = load_profile(profile, overrides)  # fail fast on a bad profile
+    cfg = resolve_profile(profile, overrides)  # fails fast on a bad profile
     write_run_config(out, cfg)
-    result = train_stage("pretrain", profile, overrides, data, out, None, resume)
+    result = train_stage("pretrain", cfg, data, out, None, resume)
     emit_stage_completed("pretrain", out, data=data, model=result["model"])
     return result

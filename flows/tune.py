@@ -10,20 +10,20 @@ from typing import Any
 from prefect import flow
 
 from deployments.events import emit_stage_completed
-from mumu.config import load_profile
+from mumu.config import ProfileConfig, resolve_profile
 from mumu.runs import model_dir, write_run_config
 from tasks.train import train_stage
 
 
 @flow(name="tune")
-def tune(data: str, init: str, out: str, profile: str = "tiny", overrides: dict[str, Any] | None = None,
+def tune(data: str, init: str, out: str, profile: str | ProfileConfig = "tiny", overrides: dict[str, Any] | None = None,
          attn_loss_weight: float | None = None, resume: bool = True) -> dict:
     overrides = dict(overrides or {})
     if attn_loss_weight is not None:
         overrides["train.tune.attn_loss.weight"] = attn_loss_weight
-    cfg = load_profile(profile, overrides)
+    cfg = resolve_profile(profile, overrides)
     init_model = str(model_dir(init))
     write_run_config(out, cfg)
-    result = train_stage("tune", profile, overrides, data, out, init_model, resume)
+    result = train_stage("tune", cfg, data, out, init_model, resume)
     emit_stage_completed("tune", out, data=data, model=result["model"])
     return result

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from mumu import SAMPLES_DIR, TRAIN_SAMPLES_DIR
-from mumu.config import load_profile
+from mumu.config import ProfileConfig, load_profile
 from mumu.errors import UserError
 from mumu.runs import model_dir, profile_yaml
 from mumu.stage_list import RUN_INPUT, STAGES, Stage, chain, top_folders
@@ -32,19 +32,20 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _profile(args: argparse.Namespace, **flags: Any):
-    """Load and validate the profile before any Prefect start-up, so a bad one fails in a second.
+def _profile(args: argparse.Namespace, **flags: Any) -> ProfileConfig:
+    """The command's config, resolved once (before any Prefect start-up, so a bad one fails in a second) and
+    handed to its flow as the object.
 
     `flags` are command-line options that stand for profile fields (dotted key -> value, None = not
     given): they are validated with the profile, so their bounds are the field's."""
 
     overrides = _overrides(args.set)
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    return load_profile(args.profile, overrides), overrides
+    return load_profile(args.profile, overrides)
 
 
 def cmd_build_data(args: argparse.Namespace) -> None:
-    cfg, overrides = _profile(args)
+    cfg = _profile(args)
     if not Path(args.input).exists():
         raise UserError(f"--input {args.input}: no such file or directory")
     # Prefect loads only now, after the checks above
@@ -53,15 +54,13 @@ def cmd_build_data(args: argparse.Namespace) -> None:
 
     plan_shards(Path(args.input), cfg.data.ingest)  # an unusable input fails here, before Prefect starts
 
-    manifest = build_data(
-        input_path=str(args.input), out=str(args.out), profile=args.profile, overrides=overrides
-    )
+    manifest = build_data(input_path=str(args.input), out=str(args.out), profile=cfg)
     print(f"wrote {manifest['written']} samples in {len(manifest['shards'])} shards to {args.out} "
           f"({manifest['quarantined']} quarantined of {manifest['inputs']} inputs)")
 
 
 def cmd_cache_features(args: argparse.Namespace) -> None:
-    cfg, overrides = _profile(args)
+    cfg = _profile(args)
     # torch: only for this command
     from mumu.train.feature_stage import plan_cache
 
@@ -69,7 +68,7 @@ def cmd_cache_features(args: argparse.Namespace) -> None:
     # Prefect loads only now, after the checks above
     from flows.cache_features import cache_features
 
-    result = cache_features(data=str(args.data), profile=args.profile, overrides=overrides)
+    result = cache_features(data=str(args.data), profile=cfg)
     if result["key"] is None:
         print("nothing to cache for this model and config (train.features): training computes every part")
     else:
@@ -78,7 +77,7 @@ def cmd_cache_features(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    _, overrides = _profile(args, **{"train.pretrain.max_steps": args.max_steps})
+    cfg = _profile(args, **{"train.pretrain.max_steps": args.max_steps})
     # torch: only for this command
     from mumu.data.shards import shard_urls
 
@@ -87,13 +86,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from flows.pretrain import pretrain
     from mumu.train.entry import final_line
 
-    result = pretrain(data=args.data, out=args.out, profile=args.profile, overrides=overrides, resume=args.resume)
+    result = pretrain(data=args.data, out=args.out, profile=cfg, resume=args.resume)
     print(final_line(result))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    _, overrides = _profile(args, **{"train.tune.attn_loss.weight": args.attn_loss_weight,
-                                     "train.tune.max_steps": args.max_steps})
+    cfg = _profile(args, **{"train.tune.attn_loss.weight": args.attn_loss_weight,
+                            "train.tune.max_steps": args.max_steps})
     # torch: only for this command
     from mumu.data.shards import shard_urls
 
@@ -102,13 +101,12 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from flows.tune import tune
     from mumu.train.entry import final_line
 
-    result = tune(data=args.data, init=args.init, out=args.out, profile=args.profile, overrides=overrides,
-                  attn_loss_weight=args.attn_loss_weight, resume=args.resume)
+    result = tune(data=args.data, init=args.init, out=args.out, profile=cfg, resume=args.resume)
     print(final_line(result))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    cfg, _ = _profile(args, **{"eval.sampler.steps": args.steps, "eval.sampler.guidance_scale": args.guidance_scale,
+    cfg = _profile(args, **{"eval.sampler.steps": args.steps, "eval.sampler.guidance_scale": args.guidance_scale,
                                "eval.sampler.name": args.sampler})
     # torch and diffusers load only for this command, after the profile is checked
     from mumu.devices import runtime_device
@@ -125,36 +123,36 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # A named protocol's settings sit between the profile and --set: the user's own overrides still win (and the
     # report names every setting that then differs from the protocol).
     overrides = {**(protocol_overrides(args.protocol) if args.protocol else {}), **_overrides(args.set)}
-    cfg = load_profile(args.profile, overrides)
     if args.compare:
         from mumu.eval.compare import compare_folders, format_comparison  # numpy and the bootstrap: only here
 
+        cfg = load_profile(args.profile, overrides)
         run_a, run_b = args.compare
         comparisons = compare_folders(run_a, run_b, cfg.eval.bootstrap)
         print(format_comparison(comparisons, run_a, run_b, cfg.eval.bootstrap.level))
         return
     if not args.checkpoint or not args.out:
         raise UserError("evaluate needs --checkpoint and --out (or --compare RUN_A RUN_B)")
-    from mumu.eval.benchmarks import build_benchmarks  # only this command reads benchmarks and presets
+    from mumu.eval.benchmarks import build_benchmarks, profile_for_checkpoint  # only this command reads them
 
-    model_dir(args.checkpoint)
+    cfg = profile_for_checkpoint(args.profile, overrides, args.checkpoint)
+    model_dir(args.checkpoint)  # a missing or unfinished checkpoint fails here, before Prefect starts
     # A bad benchmark folder (unknown MultiBench slot, unreadable image, ...) fails here, before Prefect starts.
     bench_cfg = cfg.eval.benchmark
     build_benchmarks(bench_cfg if args.bench == "toy" else bench_cfg.model_copy(update={"root": args.bench}))
     # Prefect loads only now, after the checks above
     from flows.evaluate import evaluate
 
-    report = evaluate(checkpoint=args.checkpoint, out=args.out, bench=args.bench,
-                      profile=args.profile, overrides=overrides)
+    report = evaluate(checkpoint=args.checkpoint, out=args.out, bench=args.bench, profile=cfg)
     print(f"report: {report['markdown']}")
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    _, overrides = _profile(args)
+    cfg = _profile(args)
     # Prefect loads only now, after the checks above
     from flows.pipeline import pipeline
 
-    result = pipeline(input_path=args.input, out=args.out, profile=args.profile, overrides=overrides)
+    result = pipeline(input_path=args.input, out=args.out, profile=cfg)
     print(f"pipeline finished: report in {result['report']}")
 
 
@@ -163,10 +161,9 @@ def _stage_command(stage: Stage) -> Callable[[argparse.Namespace], None]:
     on the folders given, one option per folder parameter the list names."""
 
     def run(args: argparse.Namespace) -> None:
-        _, overrides = _profile(args)
+        cfg = _profile(args)
         run_stage = getattr(import_module(stage.module), stage.function)  # Prefect and the flow load only now
-        run_stage(**{param: getattr(args, param) for param in stage.parameters}, profile=args.profile,
-                  overrides=overrides)
+        run_stage(**{param: getattr(args, param) for param in stage.parameters}, profile=cfg)
         print(f"{stage.name} finished" + (f": {args.out}" if "out" in stage.parameters else ""))
 
     return run

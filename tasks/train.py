@@ -17,10 +17,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import task_run
 
-from mumu.config import load_profile
-from mumu.config.runtime import RuntimeConfig
+from mumu.config import ProfileConfig
 from mumu.data.shards import shard_urls
 from mumu.launch import accelerate_argv, run_launcher
+from mumu.runs import write_run_config
 from mumu.train.entry import result_summary, resumed_line
 from mumu.train.loop import train
 from tasks.options import TASK_OPTIONS
@@ -36,28 +36,29 @@ def _publish_sample(stage: str, step: int, png: Path) -> None:
     )
 
 
-def _launch_argv(stage: str, profile: str, overrides: dict | None, data: str, out: str, init: str | None,
-                 runtime: RuntimeConfig, resume: bool) -> list[str]:
-    """`accelerate launch` of mumu.train.entry for this stage, on this machine's share of the processes."""
-    args = [stage, "--profile", profile, "--data", data, "--out", out, "--overrides", json.dumps(overrides or {})]
+def _launch_argv(stage: str, cfg: ProfileConfig, data: str, out: str, init: str | None, resume: bool) -> list[str]:
+    """`accelerate launch` of mumu.train.entry for this stage, on this machine's share of the processes. Every
+    process reads the config this task was given, from OUT/config.yaml (the resolved profile, loaded back
+    unchanged), so a launched stage runs on exactly the object its flow resolved."""
+    config = write_run_config(out, cfg)
+    args = [stage, "--profile", str(config), "--data", data, "--out", out]
     if init:
         args += ["--init", init]
     if not resume:
         args.append("--no-resume")
-    return accelerate_argv("mumu.train.entry", args, num_processes=runtime.train_world_size,
-                           launch_args=runtime.multi_node_launch_args())
+    return accelerate_argv("mumu.train.entry", args, num_processes=cfg.runtime.train_world_size,
+                           launch_args=cfg.runtime.multi_node_launch_args())
 
 
 @task(name="train-stage", **{**TASK_OPTIONS, "retries": 1, "retry_delay_seconds": 5})
-def train_stage(stage: str, profile: str, overrides: dict[str, Any] | None, data: str, out: str,
-                init: str | None = None, resume: bool = True) -> dict[str, Any]:
+def train_stage(stage: str, cfg: ProfileConfig, data: str, out: str, init: str | None = None,
+                resume: bool = True) -> dict[str, Any]:
     """Train one stage. resume=False starts over (this run's old checkpoints are removed); a Prefect retry
     of this task always resumes, since the first attempt already made that choice."""
     log = get_run_logger()
-    cfg = load_profile(profile, overrides)
     resume = resume or task_run.run_count > 1
     if cfg.runtime.launches_training:
-        run_launcher(_launch_argv(stage, profile, overrides, data, out, init, cfg.runtime, resume),
+        run_launcher(_launch_argv(stage, cfg, data, out, init, resume),
                      on_line=log.info)
         return json.loads((Path(out) / "result.json").read_text())
 

@@ -1,6 +1,6 @@
 import pytest
 
-from mumu.config import config_hash, load_profile
+from mumu.config import config_hash, load_profile, resolve_profile
 from mumu.errors import UserError
 
 
@@ -21,6 +21,17 @@ def test_overrides_apply_and_typos_fail_with_one_line():
         load_profile("tiny", {"data.detect.box_treshold": 0.5})
     with pytest.raises(UserError, match="unknown profile 'nope'"):
         load_profile("nope")
+
+
+def test_a_resolved_config_passes_down_as_it_is_and_takes_overrides_like_a_name():
+    cfg = load_profile("tiny", {"train.tune.max_steps": 7})
+    assert resolve_profile(cfg) is cfg  # the object an entry point resolved, not a reload
+    assert resolve_profile("tiny", {"train.tune.max_steps": 7}) == cfg
+    laid_on = resolve_profile(cfg, {"eval.benchmark.root": "B"})
+    assert laid_on == load_profile("tiny", {"train.tune.max_steps": 7, "eval.benchmark.root": "B"})
+    assert laid_on.train.tune.max_steps == 7 and cfg.eval.benchmark.root != "B"  # the given object is unchanged
+    with pytest.raises(UserError, match=r"^profile tiny: train.tune.batch_size: Input should be greater"):
+        resolve_profile(cfg, {"train.tune.batch_size": 0})
 
 
 def test_bad_yaml_and_bad_types_are_user_errors(tmp_path):

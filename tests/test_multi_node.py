@@ -25,15 +25,19 @@ def test_one_machine_trains_in_process_unless_it_has_several_processes():
     assert _runtime(train_processes=4).launches_training and _runtime(train_processes=4).train_world_size == 4
 
 
-def test_multi_node_options_name_every_process_and_the_rank0_machine():
-    rt = _runtime(train_processes=8, train_machines=2, train_machine_rank=1, train_main_address="10.0.0.5:29500")
-    assert rt.launches_training and rt.train_world_size == 16
-    argv = _launch_argv("tune", "tiny", {"a": 1}, "D", "O", "I", rt, resume=False)
+def test_multi_node_options_name_every_process_and_the_rank0_machine(tmp_path):
+    cfg = load_profile("tiny", {"runtime.train_processes": 8, "runtime.train_machines": 2,
+                                "runtime.train_machine_rank": 1, "runtime.train_main_address": "10.0.0.5:29500",
+                                "train.tune.max_steps": 7})
+    assert cfg.runtime.launches_training and cfg.runtime.train_world_size == 16
+    argv = _launch_argv("tune", cfg, "D", str(tmp_path), "I", resume=False)
     assert argv[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "16"]
     assert argv[5:13] == ["--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.5",
                           "--main_process_port", "29500"]
-    assert argv[13:] == ["-m", "mumu.train.entry", "tune", "--profile", "tiny", "--data", "D", "--out", "O",
-                         "--overrides", '{"a": 1}', "--init", "I", "--no-resume"]
+    config = str(tmp_path / "config.yaml")
+    assert argv[13:] == ["-m", "mumu.train.entry", "tune", "--profile", config, "--data", "D", "--out", str(tmp_path),
+                         "--init", "I", "--no-resume"]
+    assert load_profile(config) == cfg  # every launched process reads the config the task was given
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -15,6 +15,7 @@ import yaml
 
 import mumu.cli as cli
 from deployments import events
+from mumu.config import load_profile
 from mumu.stage_list import (
     CHAIN_LABEL,
     DATA_LANDED,
@@ -266,8 +267,8 @@ def test_the_cli_has_a_subcommand_for_every_stage_and_a_generic_one_for_a_new_st
     argv = ["publish", "--report", str(tmp_path / "eval"), "--out", str(tmp_path / "publish"), "--set",
             "train.tune.max_steps=3"]
     assert cli.main(argv) == 0
-    assert PUBLISHED == [{"report": str(tmp_path / "eval"), "out": str(tmp_path / "publish"), "profile": "tiny",
-                          "overrides": {"train.tune.max_steps": 3}}]
+    assert PUBLISHED == [{"report": str(tmp_path / "eval"), "out": str(tmp_path / "publish"),
+                          "profile": load_profile("tiny", {"train.tune.max_steps": 3})}]  # the resolved config
     assert capsys.readouterr().out.strip() == f"publish finished: {tmp_path / 'publish'}"
     with pytest.raises(SystemExit):  # argparse: --report is required
         cli.main(["publish", "--out", str(tmp_path)])
@@ -288,7 +289,8 @@ def test_the_pipeline_runs_every_stage_of_the_list_on_its_folders(monkeypatch, t
     # the stages as they are, and one more appended to the list: the pipeline runs it too, on its folders
     monkeypatch.setattr(p, "STAGE_FLOWS", [(s, fake(s.name)) for s in (*STAGES, PUBLISH)])
     result = p.pipeline(input_path="IN", out=str(tmp_path), overrides={"train.tune.max_steps": 3})
-    common = {"profile": "tiny", "overrides": {"train.tune.max_steps": 3}}
+    # every stage runs on the one config the pipeline resolved (and recorded in OUT/config.yaml)
+    common = {"profile": load_profile("tiny", {"train.tune.max_steps": 3})}
     data, pretrain, tune, report = (str(tmp_path / f) for f in ("data", "pretrain", "tune", "eval"))
     assert calls == [
         ("build-data", {"input_path": "IN", "out": data, **common}),
@@ -298,4 +300,6 @@ def test_the_pipeline_runs_every_stage_of_the_list_on_its_folders(monkeypatch, t
         ("evaluate", {"checkpoint": tune, "out": report, **common}),
         ("publish", {"report": report, "out": str(tmp_path / "publish"), **common}),
     ]
+    assert all(kwargs["profile"] is calls[0][1]["profile"] for _, kwargs in calls)  # one object, not reloads
+    assert load_profile(str(tmp_path / "config.yaml")) == common["profile"]
     assert result == {**run_folders(tmp_path, [*STAGES, PUBLISH]), "report": "evaluate.md"}

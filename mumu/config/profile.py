@@ -125,6 +125,20 @@ def load_profile(name_or_path: str = "tiny", overrides: dict[str, Any] | None = 
     path = _find_profile(name_or_path)
     tree = _resolve_tree(path)
     tree.setdefault("name", path.stem)
+    return _validated(tree, overrides, path.name)
+
+
+def resolve_profile(profile: str | ProfileConfig, overrides: dict[str, Any] | None = None) -> ProfileConfig:
+    """The config an entry point runs on: a profile's name or path loaded (load_profile), or a config resolved
+    upstream taken as it is, `overrides` laid on either. Entry points resolve once and pass the object down, so
+    a stage run by the pipeline sees exactly the config the pipeline checked and recorded."""
+    if isinstance(profile, ProfileConfig):
+        return _validated(profile.model_dump(mode="json"), overrides, profile.name) if overrides else profile
+    return load_profile(profile, overrides)
+
+
+def _validated(tree: dict, overrides: dict[str, Any] | None, where: str) -> ProfileConfig:
+    """`tree` with `overrides` set, as a ProfileConfig; a bad field is one UserError line naming `where`."""
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
     try:
@@ -133,10 +147,10 @@ def load_profile(name_or_path: str = "tiny", overrides: dict[str, Any] | None = 
         errors = [(_where(e["loc"]), e["msg"], len(e["loc"])) for e in exc.errors()]
         # A value of a union field (e.g. "all" | list of ints) fails once per branch: the deepest error is the
         # branch that matched the value's type, e.g. "layers.0: ... greater than or equal to 1", not "should be 'all'".
-        where, msg, _ = max(errors, key=lambda e: e[2])
-        others = len({w for w, _, _ in errors} - {where})
+        where_field, msg, _ = max(errors, key=lambda e: e[2])
+        others = len({w for w, _, _ in errors} - {where_field})
         more = f" (and {others} more)" if others else ""
-        raise UserError(f"profile {path.name}: {where}: {msg}{more}") from None
+        raise UserError(f"profile {where}: {where_field}: {msg}{more}") from None
 
 
 def _where(loc: tuple) -> str:

@@ -37,10 +37,12 @@ import json
 import random
 from pathlib import Path
 
+from mumu.config import ProfileConfig, resolve_profile
 from mumu.config.eval import BenchmarkConfig, EvalConfig
 from mumu.errors import UserError
 from mumu.eval import dreambench, multibench
 from mumu.eval.items import BenchItem, Benchmark, PromptMode, Subject, make_item, n_placeholders, slug
+from mumu.runs import model_dir
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 DEFAULT_PROMPTS = SAMPLES_DIR / "bench" / "prompts.json"
@@ -148,6 +150,20 @@ def checkpoint_prompt_mode(model_dir: str | Path) -> PromptMode | None:
         return None
     mode = json.loads(path.read_text()).get("prompt_mode")
     return "unimo" if mode == "unimo" else "mumu"
+
+
+def profile_for_checkpoint(profile: str | ProfileConfig, overrides: dict | None, checkpoint: str | Path) -> ProfileConfig:
+    """The config a checkpoint is evaluated under: a profile's name or path is loaded with benchmark prompts built
+    the way the checkpoint was tuned (checkpoint_prompt_mode), unless `overrides` name a mode. A config resolved
+    upstream is taken as it is (`overrides` laid on it): the pipeline's evaluates the model that config tuned, and
+    the CLI resolves its config here. The profile is checked before the checkpoint is read."""
+    cfg = resolve_profile(profile, overrides)
+    if isinstance(profile, ProfileConfig) or "eval.benchmark.prompt_mode" in (overrides or {}):
+        return cfg
+    tuned = checkpoint_prompt_mode(model_dir(checkpoint))
+    if tuned is None or tuned == cfg.eval.benchmark.prompt_mode:
+        return cfg
+    return resolve_profile(cfg, {"eval.benchmark.prompt_mode": tuned})
 
 
 def build_benchmarks(cfg: BenchmarkConfig, emoji_dir: Path = EMOJI_DIR) -> list[Benchmark]:

@@ -8,7 +8,6 @@ Each process runs mumu.train.loop.train; the main process writes OUT/result.json
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -49,15 +48,15 @@ def _say(line: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mumu.train.entry")
     p.add_argument("stage", choices=["pretrain", "tune"])
-    p.add_argument("--profile", default="tiny")
-    p.add_argument("--overrides", default="{}", help="JSON object of dotted profile overrides")
+    p.add_argument("--profile", default="tiny", help="a profile name or YAML path, e.g. the OUT/config.yaml a "
+                   "launching task wrote (its config, resolved)")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--init")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
     try:
-        cfg = load_profile(args.profile, json.loads(args.overrides))
+        cfg = load_profile(args.profile)
         result = train(args.stage, cfg, shard_urls(args.data), args.out, init=args.init, resume=args.resume,
                        on_log=lambda step, m: _say(f"{args.stage} step {step}: loss {m['loss']:.4f}"),
                        on_resume=lambda step, ckpt: _say(resumed_line(args.stage, step, ckpt)),

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from mumu.config import ProfileConfig, config_hash, load_profile
+from mumu.config import ProfileConfig, config_hash, resolve_profile
 from mumu.config.train import StageConfig
 from mumu.errors import UserError
 from mumu.io import write_json_atomic
@@ -131,7 +131,7 @@ def train(
     (mumu/train/features.py): the losses are the same either way, so a run may resume with or without it.
     """
     t_start = time.perf_counter()
-    profile = load_profile(profile) if isinstance(profile, str) else profile
+    profile = resolve_profile(profile)
     plan = _plan(stage_name, profile, out_dir, init)
 
     # --- model, optimizer, schedule -------------------------------------------------------------------
