@@ -7,11 +7,12 @@ its text sets -> the subject centred on that background), on that many of the bu
 (mumu/samples/fluent-emoji-3d) with 16 held out of every arm, then samples the held-out subjects and the first 16
 trained ones in both prompt forms and scores them (mumu.eval.unseen.score_unseen: nearest target in pixels,
 colour-and-silhouette identification, background adherence, copy share; chance 1/16). The tune stage's
-attention-mask loss is on at the profile's weight (0.1): on 374 subjects at 6,000 steps it lifts held-out naming in
-pixels 0.53 -> 0.66 (docs/recipe.md); `--set train.tune.attn_loss.weight=0` is the arm without it. Prints one
-markdown row per arm and form; writes each arm's grid of held-out references and samples. Arms run one after the
-other on one torch thread (two torch processes side by side on 2 cores time nothing). About 3.5 min per 1,000 steps
-on 2 quiet cores, 5.3 beside a second run.
+attention-mask loss is on at the profile's weight (0.1): on 374 subjects at 2,000 steps it lifts held-out naming in
+pixels from 0.32 ± 0.02 to 0.46 ± 0.11 over three seeds (docs/recipe.md); `--set train.tune.attn_loss.weight=0` is
+the arm without it. Prints one markdown row per arm and form; writes each arm's grid of held-out references and
+samples. Arms run one after the other on one torch thread (two torch processes side by side on 2 cores time
+nothing): about 3.4 min of training per 1,000 steps and ~1 min of sampling an arm on 2 quiet cores, so the default
+arms (3 x 2) take ~36 min, and with 256 subjects too ~49.
 """
 
 from __future__ import annotations
