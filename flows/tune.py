@@ -17,11 +17,8 @@ from tasks.train import train_stage
 
 @flow(name="tune")
 def tune(data: str, init: str, out: str, profile: str | ProfileConfig = "tiny", overrides: dict[str, Any] | None = None,
-         attn_loss_weight: float | None = None, resume: bool = True) -> dict:
-    overrides = dict(overrides or {})
-    if attn_loss_weight is not None:
-        overrides["train.tune.attn_loss.weight"] = attn_loss_weight
-    cfg = resolve_profile(profile, overrides)
+         resume: bool = True) -> dict:
+    cfg = resolve_profile(profile, overrides)  # the attention-mask loss's weight: train.tune.attn_loss.weight
     init_model = str(model_dir(init))
     write_run_config(out, cfg)
     result = train_stage("tune", cfg, data, out, init_model, resume)

@@ -44,7 +44,7 @@ def test_pretrain_then_tune_flows_write_models_and_resume(shards, tmp_path):
     assert fresh["resumed_from"] == 0 and fresh["final_loss"] == first["final_loss"]  # retrained, same seed
 
     tuned = tune(data=str(shards), init=str(tmp_path / "pre"), out=str(tmp_path / "tune"),
-                 overrides={**FAST, "train.tune.max_steps": 2}, attn_loss_weight=1.0)
+                 overrides={**FAST, "train.tune.max_steps": 2, "train.tune.attn_loss.weight": 1.0})
     assert tuned["steps"] == 2 and Path(tuned["model"]).is_dir()
     ran = load_profile(str(tmp_path / "tune" / "config.yaml"))
     assert (ran.train.tune.max_steps, ran.train.tune.attn_loss.weight) == (2, 1.0)
