@@ -29,8 +29,11 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "mumu-process"
-STEPS = 12
-OVERRIDES = {"train.pretrain.checkpoint_every": 2, "train.pretrain.sample_every": 0, "train.pretrain.batch_size": 2}
+STEPS = 24
+# Batch 16: a step takes long enough (~0.3 s on 2 cores) that a run cannot finish between two polls of the test,
+# nor between its worker's death and its own notice of it (at batch 2 a step took 0.05 s and a run resumed from
+# step 8 had written 10 and 12 before the test first looked).
+OVERRIDES = {"train.pretrain.checkpoint_every": 2, "train.pretrain.sample_every": 0, "train.pretrain.batch_size": 16}
 
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -54,6 +57,14 @@ def _wait_checkpoint(out: Path, step: int, log) -> None:
 def _last_checkpoint(out: Path) -> int:
     done = [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*") if (p / "state.json").exists()]
     return max(done, default=0)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by its parent, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _children(pid: int) -> list[int]:
@@ -100,22 +111,22 @@ def test_killed_worker_and_lost_machine_then_a_rerun_resumes_to_the_same_model(s
         first = _run_deployment(env, params)
         with worker(POOL, fast, cwd=tmp_path, queues=["gpu"], log_path=logs[0], new_session=True) as lost:
             _wait_checkpoint(out, 2, log)
+            flow_runs = _children(lost.pid)
             lost.send_signal(signal.SIGKILL)
             lost.wait(timeout=30)
         wait_for("the run whose worker died to end Crashed",
                  lambda: api.run(first)["state"]["type"] == "CRASHED", 120, on_timeout=log)
-        phase("worker killed after checkpoint 2; its run ended Crashed")
+        # It may save a checkpoint or two more before it notices its worker gone: the next run resumes from the
+        # last one its process wrote before it exited.
+        wait_for("the crashed run's process to exit", lambda: not any(map(_alive, flow_runs)), 60, on_timeout=log)
+        resumed_from = _last_checkpoint(out)
+        phase(f"worker killed after checkpoint 2; its run ended Crashed after checkpoint {resumed_from}")
+        assert flow_runs and 2 <= resumed_from <= STEPS - 6, resumed_from
         assert not _final_checkpoint(out).exists() and not (out / "model").exists()
 
         # 2. the machine is lost: worker and flow-run process killed at once, so nobody reports the end
         second = _run_deployment(env, params)
         with worker(POOL, fast, cwd=tmp_path, queues=["gpu"], log_path=logs[1], new_session=True) as lost:
-            # The crashed run's process may have saved a checkpoint or two more before it noticed its worker gone:
-            # wait for this run to start, then for two steps past whatever it resumed from.
-            wait_for("the second run to start", lambda: api.run(second)["state"]["type"] == "RUNNING", 120,
-                     on_timeout=log)
-            resumed_from = _last_checkpoint(out)
-            assert 2 <= resumed_from <= STEPS - 4, resumed_from
             _wait_checkpoint(out, resumed_from + 2, log)  # resumed and went on
             for pid in [*_children(lost.pid), lost.pid]:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
