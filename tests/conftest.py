@@ -23,7 +23,9 @@ from tests.trained_models import toy_models  # noqa: E402,F401  (session fixture
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) the learning tests form one group, so one worker
     trains each shared model once (tests/trained_models.py); the rest of the suite goes, test by test, to whichever
-    worker is free."""
+    worker is free. Tests marked `learning(group=NAME)` read a model no other group reads and form a group of their
+    own, which either worker can take (the `unseen` model's training alone is a third of the learning group's)."""
     for item in items:
-        if item.get_closest_marker("learning"):
-            item.add_marker(pytest.mark.xdist_group("learning"))
+        marker = item.get_closest_marker("learning")
+        if marker:
+            item.add_marker(pytest.mark.xdist_group(marker.kwargs.get("group", "learning")))

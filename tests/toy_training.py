@@ -14,7 +14,9 @@ from mumu.config import load_profile
 from mumu.eval.prompt_following import ToySubject, toy_iterate
 from mumu.train.loop import train
 
-MAX_MEMO = 512  # distinct targets whose posteriors are kept (a stream that places subjects at random has no end)
+# Distinct targets whose posteriors are kept: the unseen-subjects stream has 374 subjects x 7 backgrounds (a
+# posterior of the tiny VAE is 2 KB), and a stream that places subjects at random has no end.
+MAX_MEMO = 4096
 
 
 def toy_profile(steps: int, **overrides):
@@ -31,8 +33,14 @@ def toy_profile(steps: int, **overrides):
 
 def train_on_toy(profile, subjects: list[ToySubject], out: Path, **stream) -> Path:
     """Train the tune stage from scratch on the toy stream (toy_iterate's options in `stream`); the model's
-    directory. Every step ran, with finite losses."""
-    iterate = with_target_posteriors(toy_iterate(subjects, **stream), profile.model.decoder)
+    directory."""
+    return train_on_stream(profile, toy_iterate(subjects, **stream), out)
+
+
+def train_on_stream(profile, iterate, out: Path) -> Path:
+    """Train the tune stage from scratch on a stream of batches (an `iterate` for mumu.train.loop.train); the
+    model's directory. Every step ran, with finite losses."""
+    iterate = with_target_posteriors(iterate, profile.model.decoder)
     result = train("tune", profile, [], out, resume=False, iterate=iterate)
     assert result.steps == profile.train.tune.max_steps and np.isfinite(result.losses).all()
     return result.model_dir

@@ -5,7 +5,8 @@ and image prompts with half of its prompt images augmented and a share of its ta
 read by the prompt-following, augmentation and size-conditioning tests; the `pairs` model learns 48 of the 56
 ordered pairs of K = 8 subjects and is read by the entity-order and composition tests. `unimo-g` is UNIMO-G's
 prompt path (another architecture, so a model of its own); `attention` is trained with the attention-mask loss on
-targets that place their subject at random.
+targets that place their subject at random; `unseen` learns mumu.eval.unseen's task on 374 of the bundled 390 emoji,
+the other 16 held out of its training (tests/test_unseen_subjects.py).
 
 The training seed is `MUMU_TOY_SEED` (default 0, the seed CI runs): bench/learning_runs.py runs the learning tests
 at other seeds and kernel sets to set and check their bars, and under each of CUTS (MUMU_TOY_CUT). What each model
@@ -18,15 +19,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
-from mumu import SAMPLES_DIR
+from mumu import FLUENT_EMOJI_DIR, SAMPLES_DIR
 from mumu.config import load_profile
 from mumu.config.base import ModelSource
 from mumu.eval.prompt_following import ToySubject, ordered_pairs, toy_subjects
+from mumu.eval.unseen import Subject, load_subjects, split_subjects, unseen_iterate
 from mumu.generate import MumuSampler, load_model
-from tests.toy_training import toy_profile, train_on_toy
+from tests.toy_training import toy_profile, train_on_stream, train_on_toy
 
 EMOJI = SAMPLES_DIR.parent / "emoji"
 # The composition task's pairs held out of the `pairs` model's training: every subject is held out with exactly
@@ -36,16 +39,18 @@ TRAINED_PAIRS = [p for p in ordered_pairs(8) if p not in HELD_OUT_PAIRS]
 LOW_RES_SHARE = 0.3  # of the singles model's targets: under half, so the size it saw most (its default) is full size
 TINY_ATTN_WEIGHT = load_profile("tiny").train.tune.attn_loss.weight
 # UNIMO-G's prompt path: the MLLM frozen, images read through its perceiver; only the connector and UNet train.
+UNSEEN_STEPS, UNSEEN_COLOURS = 1400, ("blue", "yellow", "pink", "gray")
 UNIMO_G = {"model.encoder.train_language_model": "frozen", "model.encoder.lora.enabled": False,
            "model.encoder.lora_projector": False, "model.encoder.bypass_resampler": False}
 
 
 @dataclass(frozen=True)
 class ToyModelSpec:
-    k: int  # subjects (mumu.eval.prompt_following.TOY_SUBJECTS[:k])
+    k: int  # subjects: mumu.eval.prompt_following.TOY_SUBJECTS[:k], or for the unseen task the k held out
     steps: int
     overrides: dict = field(default_factory=dict)  # profile overrides over tests.toy_training.toy_profile
-    stream: dict = field(default_factory=dict)  # toy_iterate's options
+    stream: dict = field(default_factory=dict)  # toy_iterate's (or unseen_iterate's) options
+    task: Literal["toy", "unseen"] = "toy"  # mumu.eval.prompt_following's task, or mumu.eval.unseen's
 
 
 SPECS: dict[str, ToyModelSpec] = {
@@ -55,6 +60,12 @@ SPECS: dict[str, ToyModelSpec] = {
     "pairs": ToyModelSpec(8, 1500, {"train.tune.augment.share": 0.0}, {"entities": 2, "pairs": TRAINED_PAIRS}),
     "attention": ToyModelSpec(4, 150, {"train.tune.attn_loss.weight": TINY_ATTN_WEIGHT},
                               {"kinds": ("image",), "placed_scale": 0.45}),
+    # bench/unseen_subjects.py's recipe (with the attention-mask loss at the profile's weight) at the steps a CI run
+    # affords: the tiny profile's 4 image tokens a picture, and 4 of the task's 7 backgrounds, which the model learns
+    # to take from the text in fewer steps (at 1,400 steps with all 7, one seed of three kept none).
+    "unseen": ToyModelSpec(16, UNSEEN_STEPS, {"train.tune.augment.share": 0.0,
+                                              "train.tune.attn_loss.weight": TINY_ATTN_WEIGHT},
+                           {"colours": UNSEEN_COLOURS}, task="unseen"),
 }
 
 
@@ -128,7 +139,7 @@ def spec_profile(spec: ToyModelSpec, seed: int, cut: Cut | None = None):
 @dataclass
 class TrainedToyModel:
     spec: ToyModelSpec
-    subjects: list[ToySubject]
+    subjects: list[ToySubject] | list[Subject]  # the subjects it is trained on
     model_dir: Path
     profile: object
 
@@ -143,6 +154,14 @@ def subjects_of(name: str) -> list[ToySubject]:
     return toy_subjects(EMOJI, spec.k, spec_profile(spec, 0).model.decoder.resolution)
 
 
+def unseen_split() -> tuple[list[Subject], list[Subject]]:
+    """(trained, held out): the `unseen` model's training subjects and the SPECS["unseen"].k never in its training
+    (bench/unseen_subjects.py's split, so they are held out of the bench's runs too)."""
+    trained, held = split_subjects(FLUENT_EMOJI_DIR, SPECS["unseen"].k, seed=0)
+    size = spec_profile(SPECS["unseen"], 0).model.decoder.resolution
+    return load_subjects(FLUENT_EMOJI_DIR, trained, size), load_subjects(FLUENT_EMOJI_DIR, held, size)
+
+
 def train_toy_model(name: str, out: Path, seed: int | None = None) -> TrainedToyModel:
     """The SPECS[name] model at this training seed (default: the session's), with the session's cut if it is
     this model's."""
@@ -151,8 +170,12 @@ def train_toy_model(name: str, out: Path, seed: int | None = None) -> TrainedToy
     cut = active_cut()
     cut = cut[1] if cut and cut[1].model == name else None
     profile = spec_profile(spec, seed, cut)
-    subjects = subjects_of(name)
     stream = {**spec.stream, **(cut.stream if cut else {})}
+    if spec.task == "unseen":
+        subjects = unseen_split()[0]
+        return TrainedToyModel(spec, subjects, train_on_stream(profile, unseen_iterate(subjects, **stream), out),
+                               profile)
+    subjects = subjects_of(name)
     return TrainedToyModel(spec, subjects, train_on_toy(profile, subjects, out, **stream), profile)
 
 
