@@ -38,8 +38,8 @@ HELD_OUT_PAIRS = [(0, 1), (1, 0), (2, 3), (3, 2), (4, 5), (5, 4), (6, 7), (7, 6)
 TRAINED_PAIRS = [p for p in ordered_pairs(8) if p not in HELD_OUT_PAIRS]
 LOW_RES_SHARE = 0.3  # of the singles model's targets: under half, so the size it saw most (its default) is full size
 TINY_ATTN_WEIGHT = load_profile("tiny").train.tune.attn_loss.weight
-# UNIMO-G's prompt path: the MLLM frozen, images read through its perceiver; only the connector and UNet train.
 UNSEEN_STEPS, UNSEEN_COLOURS = 1400, ("blue", "yellow", "pink", "gray")
+# UNIMO-G's prompt path: the MLLM frozen, images read through its perceiver; only the connector and UNet train.
 UNIMO_G = {"model.encoder.train_language_model": "frozen", "model.encoder.lora.enabled": False,
            "model.encoder.lora_projector": False, "model.encoder.bypass_resampler": False}
 
