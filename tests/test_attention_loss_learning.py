@@ -22,7 +22,7 @@ from mumu.config.train import AttnLossConfig
 from mumu.eval.prompt_following import toy_batches
 from tests.trained_models import SPECS, TINY_ATTN_WEIGHT, spec_profile
 
-pytestmark = pytest.mark.learning
+pytestmark = pytest.mark.learning(model="attention")
 
 SCALE, HELD_BATCHES = SPECS["attention"].stream["placed_scale"], 4
 

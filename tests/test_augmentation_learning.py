@@ -16,7 +16,7 @@ from mumu.eval.prompt_following import score_following, toy_iterate
 from tests.toy_training import toy_profile
 from tests.trained_models import SPECS, spec_profile, subjects_of
 
-pytestmark = pytest.mark.learning
+pytestmark = pytest.mark.learning(model="singles")
 
 N_IMAGES, SEED = 2, 1234  # 80 images on cut prompts: one is 0.0125
 CUTS = (0.9, 0.8)  # kept share of each side

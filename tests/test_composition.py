@@ -16,7 +16,7 @@ import pytest
 from mumu.eval.prompt_following import drawn_pairs, ordered_pairs, pair_target, score_pairs, toy_batches
 from tests.trained_models import HELD_OUT_PAIRS, SPECS, TRAINED_PAIRS, subjects_of
 
-pytestmark = pytest.mark.learning
+pytestmark = pytest.mark.learning(model="pairs")
 
 K, N_IMAGES, SEED = SPECS["pairs"].k, 4, 1234
 HELD_OUT, TRAINED = HELD_OUT_PAIRS, TRAINED_PAIRS

@@ -23,7 +23,7 @@ from mumu.eval.prompt_following import drawn_pairs, ordered_pairs, pair_target, 
 from mumu.generate import MumuSampler
 from tests.trained_models import SPECS, TRAINED_PAIRS, subjects_of
 
-pytestmark = pytest.mark.learning
+pytestmark = pytest.mark.learning(model="pairs")
 
 # 2 images a prompt for the claim (192 images); the cuts' bounds follow from the cut itself, so 1 is enough there.
 K, N_IMAGES, N_CUT, SEED = SPECS["pairs"].k, 2, 1, 1234

@@ -28,7 +28,7 @@ def subjects():
     return subjects_of("singles")
 
 
-@pytest.fixture(scope="module", params=MODELS)
+@pytest.fixture(scope="module", params=[pytest.param(m, marks=pytest.mark.learning(model=m)) for m in MODELS])
 def trained(request, toy_models) -> MumuSampler:
     return toy_models(request.param).sampler()
 

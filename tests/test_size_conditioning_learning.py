@@ -20,7 +20,7 @@ from mumu.eval.prompt_following import (
 from tests.toy_training import toy_profile
 from tests.trained_models import LOW_RES_SHARE, SPECS, subjects_of
 
-pytestmark = pytest.mark.learning
+pytestmark = pytest.mark.learning(model="singles")
 
 K, N_IMAGES, SEED, SHARE = 4, 4, 1234, 0.5
 STEPS = SPECS["singles"].steps

@@ -16,7 +16,7 @@ import pytest
 from mumu.eval.unseen import FORMS, score_unseen, unseen_batches
 from tests.trained_models import SPECS, unseen_split
 
-pytestmark = pytest.mark.learning(group="unseen")
+pytestmark = pytest.mark.learning(model="unseen")
 
 K, N_IMAGES, SEED, COLOUR = 8, 2, 1234, "pink"
 # Two images of 32 below the lowest of three training seeds on both kernel sets (0.406; docs/figures.md).
