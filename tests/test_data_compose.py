@@ -228,6 +228,19 @@ def test_colour_words_name_the_dominant_colours_of_the_opaque_pixels():
         colour_words(Image.new("RGBA", (4, 4), (0, 0, 0, 0)))
 
 
+def test_nearest_colour_names_is_the_nearest_by_squared_distance_ties_to_the_first():
+    from mumu.data.scenes import COLOUR_NAMES, nearest_colour_names
+
+    palette = np.array(list(COLOUR_NAMES.values()), np.int64)
+    pixels = np.random.default_rng(0).integers(0, 256, (20000, 3)).astype(np.uint8)
+    midpoints = ((palette[:, None] + palette[None]) // 2).reshape(-1, 3).astype(np.uint8)  # ties among them
+    for rgb in (pixels, midpoints, palette.astype(np.uint8)):
+        distances = ((rgb[:, None, :].astype(np.int64) - palette) ** 2).sum(-1)
+        assert (nearest_colour_names(rgb) == distances.argmin(-1)).all()  # argmin: the first of equal distances
+    assert list(nearest_colour_names(palette.astype(np.uint8))) == list(range(len(palette)))
+    assert nearest_colour_names(pixels.reshape(100, 200, 3)).shape == (100, 200)
+
+
 def test_describe_colours_names_each_emoji_by_the_colours_it_is_drawn_in():
     from mumu.data.scenes import colour_words
 
