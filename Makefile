@@ -32,9 +32,10 @@ browser:
 			"the UI check in tests/test_deployments.py is skipped locally and fails in CI"; \
 	fi
 
-# Two pytest-xdist workers, one torch thread each. Each shared trained model (tests/trained_models.py) is trained
-# once, by the worker that takes its group of readers; tests/conftest.py orders the groups and slow tests first, and
-# --no-loadscope-reorder keeps that order (xdist would otherwise sort groups by their number of tests). The 15
-# slowest tests and the suite's total close the log, so a change that slows the suite shows in its own CI run.
+# Two pytest-xdist workers, one torch thread each (the tiny profile's training steps take 2). Each shared trained
+# model (tests/trained_models.py) is trained once, by the worker that takes its group of readers; tests/conftest.py
+# orders the groups and slow tests first, and --no-loadscope-reorder keeps that order (xdist would otherwise sort
+# groups by their number of tests). The 15 slowest tests and the suite's total close the log, so a change that slows
+# the suite shows in its own CI run.
 test: install browser
 	$(PY) -m pytest -q --durations=15 -n 2 --dist loadgroup --no-loadscope-reorder
